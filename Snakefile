@@ -1,0 +1,21 @@
+# wsss: weakly supervised semantic segmentation, one Snakemake DAG from download to mIoU.
+# Topics live in rules/*.smk; the code they call lives in wsss_core/.
+import os
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# Defaults sit beside this file, whatever the working directory; --configfile deep-merges over them.
+configfile: os.path.join(workflow.basedir, "config.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        dataset_summary=RESULTS / "data" / "dataset_summary.json",

@@ -1,0 +1,63 @@
+# Shared by every .smk file - validated config, result paths, and code-as-input.
+import os
+import re
+from pathlib import Path
+
+import jsonschema
+import yaml
+from snakemake.utils import validate
+
+REPO = Path(workflow.basedir)
+
+
+def check_config(cfg, schema_path):
+    """Reject bad config values at parse time with one line per problem, each naming its key."""
+    with open(schema_path) as f:
+        schema = yaml.safe_load(f)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors:
+            key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+            lines.append(f"  config key {key}: {err.message}")
+        raise WorkflowError(
+            "invalid configuration (see config/schema.yaml):\n" + "\n".join(lines)
+        )
+
+
+check_config(config, REPO / "config" / "schema.yaml")
+validate(config, "../config/schema.yaml")  # fills the schema's defaults
+
+DATASET = config["dataset"]
+DATA = Path(config["data_dir"])
+RESULTS = Path(config["results_dir"]) / DATASET["name"]
+LOGS = RESULTS / "logs"
+BENCH = RESULTS / "benchmarks"
+
+
+def code(*modules):
+    """The wsss_core source files a rule runs, as inputs.
+
+    Snakemake notices edits to a rule's own script but not to imported modules;
+    listing them as inputs makes an edit rerun that stage and its downstream only.
+    """
+    paths = []
+    for module in modules:
+        path = REPO / "wsss_core" / module
+        if not path.is_file():
+            raise WorkflowError(f"code(): wsss_core/{module} does not exist")
+        paths.append(os.path.relpath(path))
+    return paths
+
+
+def dataset_root():
+    """Root folder of the configured dataset (VOC layout); produced by a rule unless source=folder."""
+    source = DATASET["source"]
+    if source == "folder":
+        root = Path(DATASET["root"])
+        if not root.is_dir():
+            raise WorkflowError(f"config key dataset.root: {root} is not a folder")
+        return root
+    # demo and voc12 datasets are built by rules in data.smk under data_dir/<name>
+    return DATA / DATASET["name"]

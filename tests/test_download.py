@@ -1,0 +1,230 @@
+"""fetch() against a local faulty HTTP server; safe_extract() against hostile and broken tars."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+
+import numpy as np
+import pytest
+from voc_archives import FaultyServer, tar_with
+
+from wsss_core.data.download import ArchiveError, DownloadError, UnsafeArchiveError, fetch, md5sum, safe_extract
+
+PAYLOAD = np.random.default_rng(1).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()
+
+
+@pytest.fixture
+def server():
+    with FaultyServer({"/file.bin": PAYLOAD}) as srv:
+        yield srv
+
+
+def quiet_fetch(url, dest, md5=PAYLOAD_MD5, **kw):
+    logs: list[str] = []
+    kw.setdefault("backoff_s", 0.0)
+    return fetch(url, dest, md5, log=logs.append, **kw), logs
+
+
+def test_md5sum(tmp_path):
+    (tmp_path / "f").write_bytes(PAYLOAD)
+    assert md5sum(tmp_path / "f") == PAYLOAD_MD5
+
+
+def test_plain_download(server, tmp_path):
+    dest = tmp_path / "sub" / "file.bin"
+    path, logs = quiet_fetch(server.url("/file.bin"), dest)
+    assert path == dest and dest.read_bytes() == PAYLOAD
+    assert not (tmp_path / "sub" / "file.bin.part").exists()
+    assert [r.range for r in server.requests] == [None]
+    progress = [ln for ln in logs if "%" in ln]
+    assert progress and len(progress) <= 21 and progress[-1].endswith("(100%)")
+
+
+def test_existing_good_file_is_not_downloaded_again(server, tmp_path):
+    dest = tmp_path / "file.bin"
+    dest.write_bytes(PAYLOAD)
+    quiet_fetch(server.url("/file.bin"), dest)
+    assert server.requests == []
+
+
+def test_dropped_connection_resumes_with_range(server, tmp_path):
+    server.drop_after, server.drop_requests = 70_000, 2
+    sleeps: list[float] = []
+    dest = tmp_path / "file.bin"
+    fetch(server.url("/file.bin"), dest, PAYLOAD_MD5, backoff_s=0.5, log=lambda m: None, sleep=sleeps.append)
+    assert dest.read_bytes() == PAYLOAD
+    assert [r.range for r in server.requests] == [None, "bytes=70000-", "bytes=140000-"]
+    assert sleeps == [0.5, 1.0]  # exponential backoff, injected so the test does not wait
+
+
+def test_existing_partial_file_is_resumed(server, tmp_path):
+    dest = tmp_path / "file.bin"
+    (tmp_path / "file.bin.part").write_bytes(PAYLOAD[:12345])
+    _, logs = quiet_fetch(server.url("/file.bin"), dest)
+    assert dest.read_bytes() == PAYLOAD
+    assert [r.range for r in server.requests] == ["bytes=12345-"]
+    assert any("resuming" in ln for ln in logs)
+
+
+def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
+    server.ignore_range = True
+    dest = tmp_path / "file.bin"
+    (tmp_path / "file.bin.part").write_bytes(PAYLOAD[:5000])
+    _, logs = quiet_fetch(server.url("/file.bin"), dest)
+    assert dest.read_bytes() == PAYLOAD  # not the first 5000 bytes twice
+    assert server.requests[0].range == "bytes=5000-"
+    assert any("ignored the Range" in ln for ln in logs)
+
+
+def test_partial_content_from_the_wrong_offset_is_discarded(server, tmp_path):
+    server.wrong_range = True
+    dest = tmp_path / "file.bin"
+    (tmp_path / "file.bin.part").write_bytes(PAYLOAD[:5000])
+    quiet_fetch(server.url("/file.bin"), dest)
+    assert dest.read_bytes() == PAYLOAD
+    assert [r.range for r in server.requests] == ["bytes=5000-", None]
+
+
+def test_complete_partial_file_answered_416(server, tmp_path):
+    dest = tmp_path / "file.bin"
+    (tmp_path / "file.bin.part").write_bytes(PAYLOAD)
+    quiet_fetch(server.url("/file.bin"), dest)
+    assert dest.read_bytes() == PAYLOAD
+    assert [r.range for r in server.requests] == [f"bytes={len(PAYLOAD)}-"]
+
+
+def test_stale_partial_of_wrong_content_is_discarded(server, tmp_path):
+    dest = tmp_path / "file.bin"
+    (tmp_path / "file.bin.part").write_bytes(b"x" * len(PAYLOAD))  # full length but garbage -> 416
+    quiet_fetch(server.url("/file.bin"), dest)
+    assert dest.read_bytes() == PAYLOAD
+    assert [r.range for r in server.requests] == [f"bytes={len(PAYLOAD)}-", None]
+
+
+def test_md5_mismatch_raises_and_leaves_nothing(server, tmp_path):
+    server.corrupt = True
+    dest = tmp_path / "file.bin"
+    with pytest.raises(DownloadError) as info:
+        quiet_fetch(server.url("/file.bin"), dest, retries=3)
+    corrupted = bytearray(PAYLOAD)
+    corrupted[len(PAYLOAD) // 2] ^= 0xFF  # what the server serves
+    actual = hashlib.md5(corrupted).hexdigest()
+    message = str(info.value)
+    for part in ("file.bin", server.url("/file.bin"), PAYLOAD_MD5, actual):
+        assert part in message
+    assert isinstance(info.value, RuntimeError) and info.value.actual_md5 == actual
+    assert len(server.requests) == 3
+    assert os.listdir(tmp_path) == []
+
+
+def test_wrong_existing_file_is_replaced(server, tmp_path):
+    dest = tmp_path / "file.bin"
+    dest.write_bytes(b"old")
+    quiet_fetch(server.url("/file.bin"), dest)
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_missing_file_fails_fast_with_url(server, tmp_path):
+    with pytest.raises(DownloadError, match="HTTP 404") as info:
+        quiet_fetch(server.url("/nope.bin"), tmp_path / "nope.bin", retries=5)
+    assert server.url("/nope.bin") in str(info.value) and "unknown" in str(info.value)
+    assert len(server.requests) == 1  # a 404 is not retried
+
+
+def test_unreachable_server_retries_then_raises(tmp_path):
+    with FaultyServer({}) as srv:
+        url = srv.url("/file.bin")
+    with pytest.raises(DownloadError, match="after 2 attempt"):
+        quiet_fetch(url, tmp_path / "file.bin", retries=2, timeout_s=2)
+
+
+# ----------------------------------------------------------------- safe_extract
+def _info(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, linkname, 0o644
+    return info
+
+
+def _good_tar(tmp_path, name="good.tar.gz"):
+    src = tmp_path / "src" / "top"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a.txt").write_text("hello")
+    (src / "big.bin").write_bytes(PAYLOAD)
+    (src / "link").symlink_to("sub/a.txt")  # a link inside the tree is fine
+    archive = tmp_path / name
+    with tarfile.open(archive, "w:gz" if name.endswith("gz") else "w") as tar:
+        tar.add(src, arcname="top")
+    return archive
+
+
+def test_safe_extract_good_archive(tmp_path):
+    dest = safe_extract(_good_tar(tmp_path), tmp_path / "out", log=lambda m: None)
+    assert (dest / "top" / "sub" / "a.txt").read_text() == "hello"
+    assert (dest / "top" / "link").read_text() == "hello"
+    assert (dest / "top" / "big.bin").read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        _info("../evil.txt"),
+        _info("ok/../../evil.txt"),
+        _info("/ABSOLUTE/evil.txt"),
+        _info("etc_link", tarfile.SYMTYPE, "/etc"),
+        _info("sub/up", tarfile.SYMTYPE, "../../.."),
+        _info("hard", tarfile.LNKTYPE, "../evil.txt"),
+        _info("dev", tarfile.CHRTYPE),
+    ],
+    ids=["dotdot", "nested-dotdot", "absolute", "symlink-etc", "symlink-up", "hardlink-out", "chardev"],
+)
+def test_safe_extract_refuses_unsafe_member(tmp_path, member):
+    if member.name.startswith("/ABSOLUTE"):
+        member.name = str(tmp_path / "evil.txt")
+    data = b"evil" if member.isreg() else None
+    archive = tar_with(tmp_path / "bad.tar", [(_info("fine.txt"), b"fine"), (member, data)])
+    dest = tmp_path / "a" / "out"
+    with pytest.raises(UnsafeArchiveError) as info:
+        safe_extract(archive, dest, log=lambda m: None)
+    assert str(archive) in str(info.value) and repr(member.name) in str(info.value)
+    assert os.listdir(tmp_path) == ["bad.tar"]  # nothing outside, nothing at dest, no temp folder
+
+
+def test_safe_extract_data_filter_catches_what_path_checks_cannot(tmp_path):
+    """Links that look inside lexically but escape once earlier links resolve: the data filter stops them."""
+    directory = _info("deep", tarfile.DIRTYPE), _info("deep/deeper", tarfile.DIRTYPE)
+    members = [(directory[0], None), (directory[1], None)]
+    members += [(_info("deep/deeper/s", tarfile.SYMTYPE, "../.."), None)]  # -> the extraction root
+    members += [(_info("deep/deeper/s/t", tarfile.SYMTYPE, "../x"), None)]  # really -> outside it
+    members += [(_info("deep/deeper/s/t/evil.txt"), b"evil")]
+    archive = tar_with(tmp_path / "chain.tar", members)
+    with pytest.raises(UnsafeArchiveError, match="outside the destination"):
+        safe_extract(archive, tmp_path / "a" / "out", log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "chain.tar"]
+
+
+@pytest.mark.parametrize("name,cut", [("t.tar", 0.6), ("t.tar", 1.0), ("t.tar.gz", 0.6)])
+def test_safe_extract_truncated_archive(tmp_path, name, cut):
+    archive = _good_tar(tmp_path, name)
+    data = archive.read_bytes()
+    if cut == 1.0:  # cut exactly after the last member: only the end marker is missing
+        with tarfile.open(archive) as tar:
+            tar.getmembers()
+            data = data[: tar.offset]
+    else:
+        data = data[: int(len(data) * cut)]
+    archive.write_bytes(data)
+    with pytest.raises(ArchiveError, match="truncated") as info:
+        safe_extract(archive, tmp_path / "out", log=lambda m: None)
+    assert str(archive) in str(info.value)
+    assert sorted(os.listdir(tmp_path)) == sorted(["src", name])  # no dest, no temp folder
+
+
+def test_safe_extract_not_an_archive(tmp_path):
+    archive = tmp_path / "junk.tgz"
+    archive.write_bytes(b"this is not a tar file at all" * 100)
+    with pytest.raises(ArchiveError, match="junk.tgz"):
+        safe_extract(archive, tmp_path / "out", log=lambda m: None)
+    assert os.listdir(tmp_path) == ["junk.tgz"]

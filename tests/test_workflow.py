@@ -1,0 +1,124 @@
+"""The Snakemake DAG itself: planning, a real tiny run, config errors, reruns and lint."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, run_snakemake, shared_dataset
+from voc_archives import EXPECTED_TRAIN_AUG, FaultyServer, build_archives
+
+TINY = ["--configfile", str(REPO / "config" / "tiny.yaml")]
+
+
+def configs(tmp_path, *files, **override):
+    """--configfile arguments: the given repo config files, then ``override`` written to YAML.
+
+    (Values given with --config are strings below the top level, so nested overrides go in a file.)
+    """
+    paths = [str(REPO / "config" / f) for f in files]
+    if override:
+        path = tmp_path / f"override{len(list(tmp_path.glob('override*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump(override))
+        paths.append(str(path))
+    return ["--configfile", *paths]
+
+
+def test_dry_run_of_default_config_lists_the_data_stage(tmp_path):
+    out = run_snakemake(tmp_path, "-n", "--quiet", "rules").stdout
+    for rule in ("demo_dataset", "validate_dataset", "all"):
+        assert rule in out, out
+
+
+def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
+    run_snakemake(tmp_path, "--cores", "2", *TINY)
+    results = tmp_path / "results" / "demo_tiny"
+    summary = json.loads((results / "data" / "dataset_summary.json").read_text())
+    assert summary["label_source"] == "cls_labels.json"
+    assert sum(s["images"] for s in summary["splits"].values()) == 40
+    assert (tmp_path / "data" / "demo_tiny" / "JPEGImages").is_dir()
+    for rule in ("demo_dataset", "validate_dataset"):
+        assert (results / "logs" / "data" / f"{rule}.log").is_file()
+        assert (results / "benchmarks" / "data" / f"{rule}.tsv").is_file()
+    assert "images" in (results / "data" / "class_counts.csv").read_text().splitlines()[0]
+
+    assert "Nothing to be done" in run_snakemake(tmp_path, "-n", *TINY).stdout
+    # A changed demo parameter reruns generation and everything after it.
+    out = run_snakemake(tmp_path, "-n", *configs(tmp_path, "tiny.yaml", demo={"seed": 7})).stdout
+    assert "demo_dataset" in out and "validate_dataset" in out and "params" in out.lower()
+    # A changed split parameter reruns validation only.
+    out = run_snakemake(tmp_path, "-n", "--quiet", "rules",
+                        *configs(tmp_path, "tiny.yaml", dataset={"eval_split": "train"})).stdout  # fmt: skip
+    assert "validate_dataset" in out and "demo_dataset" not in out
+
+
+def test_bad_config_value_fails_at_parse_time_naming_the_key(tmp_path):
+    proc = run_snakemake(tmp_path, "-n", *configs(tmp_path, demo={"n_images": 3, "colour": "red"}), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "config key demo.n_images: 3 is less than the minimum of 8" in out
+    assert "config key demo: Additional properties are not allowed ('colour' was unexpected)" in out
+    proc = run_snakemake(tmp_path, "-n", *configs(tmp_path, dataset={"source": "folder", "name": "x"}), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "config key dataset.root: None is not of type 'string'" in out
+
+
+def test_broken_folder_dataset_fails_naming_the_file(tmp_path, tiny_demo):
+    root = tmp_path / "broken"
+    shutil.copytree(tiny_demo, root)
+    victim = (root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[0]
+    (root / "SegmentationClass" / f"{victim}.png").unlink()
+    folder = {"source": "folder", "name": "broken", "root": str(root)}
+    proc = run_snakemake(tmp_path, "--cores", "1", *configs(tmp_path, dataset=folder), check=False)
+    assert proc.returncode != 0
+    assert f"SegmentationClass/{victim}.png: mask file missing" in proc.stderr
+    assert not (tmp_path / "results" / "broken" / "data" / "dataset_summary.json").exists()
+
+
+def test_voc_coseg_config_plans_validation_of_the_real_photos(tmp_path):
+    root = shared_dataset("voc_coseg")
+    out = run_snakemake(tmp_path, "-n", *configs(tmp_path, "voc_coseg.yaml", dataset={"root": str(root)})).stdout
+    assert "validate_dataset" in out and "demo_dataset" not in out
+
+
+def test_voc12_plans_downloads_unless_the_user_has_the_data(tmp_path):
+    out = run_snakemake(tmp_path, "-n", "--quiet", "rules", *configs(tmp_path, "voc12.yaml")).stdout
+    assert all(r in out for r in ("download_archive", "extract_archive", "voc12_aug", "validate_dataset"))
+    (tmp_path / "VOCdevkit").mkdir()
+    (tmp_path / "SBD").mkdir()
+    have = {"voc_root": str(tmp_path / "VOCdevkit"), "sbd_root": str(tmp_path / "SBD")}
+    out = run_snakemake(tmp_path, "-n", "--quiet", "rules", *configs(tmp_path, "voc12.yaml", voc12=have)).stdout
+    assert "voc12_aug" in out and "download_archive" not in out and "extract_archive" not in out
+
+
+def test_workflow_lints_clean_and_is_formatted(tmp_path):
+    proc = run_snakemake(tmp_path, "--lint", check=False)
+    assert proc.returncode == 0 and "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    snakefmt = Path(sys.executable).with_name("snakefmt")
+    if not snakefmt.exists():
+        pytest.skip(f"{snakefmt} not installed (pip install -e '.[test]')")
+    fmt = subprocess.run([snakefmt, "--check", "Snakefile", "rules"], cwd=REPO, capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stderr
+
+
+def test_voc12_stage_runs_in_the_dag_against_a_local_server(tmp_path):
+    """download_archive -> extract_archive -> voc12_aug -> validate_dataset, on miniature archives."""
+    voc_tar, sbd_tgz = build_archives(tmp_path / "upstream")
+    files = {"/voc.tar": voc_tar.read_bytes(), "/benchmark.tgz": sbd_tgz.read_bytes()}
+    with FaultyServer(files) as server:
+        server.drop_after, server.drop_requests = 1024, 1  # whichever download starts first has to resume
+        voc12 = {"voc_url": server.url("/voc.tar"), "voc_md5": hashlib.md5(files["/voc.tar"]).hexdigest(),
+                 "sbd_url": server.url("/benchmark.tgz"),
+                 "sbd_md5": hashlib.md5(files["/benchmark.tgz"]).hexdigest()}  # fmt: skip
+        run_snakemake(tmp_path, "--cores", "2", *configs(tmp_path, "voc12.yaml", voc12=voc12))
+        assert sorted(r.range or "" for r in server.requests) == ["", "", "bytes=1024-"]
+    summary = json.loads((tmp_path / "results" / "voc12" / "data" / "dataset_summary.json").read_text())
+    assert summary["splits"]["train_aug"]["images"] == len(EXPECTED_TRAIN_AUG)
+    assert (tmp_path / "data" / "extracted" / "voc" / "VOCdevkit" / "VOC2012" / "JPEGImages").is_dir()
+    assert not list((tmp_path / "data" / "downloads").glob("*.part"))
+    assert "Nothing to be done" in run_snakemake(tmp_path, "-n", *configs(tmp_path, "voc12.yaml", voc12=voc12)).stdout

@@ -1,0 +1,13 @@
+"""Rule validate_dataset: check the dataset up front and summarise it."""
+from wsss_core.data.summary import summarize_dataset
+from wsss_core.workflow import logged
+
+with logged(snakemake.log[0]):
+    summarize_dataset(
+        snakemake.input.root,
+        train_split=snakemake.params.train_split,
+        eval_split=snakemake.params.eval_split,
+        summary_json=snakemake.output.summary,
+        class_counts_csv=snakemake.output.class_counts,
+        workers=snakemake.threads,
+    )

@@ -1,0 +1,242 @@
+"""Fetch and unpack the public archives (VOC 2012, SBD) without trusting the network.
+
+The archives are gigabytes on slow academic servers, so :func:`fetch` resumes a
+partial ``.part`` file with an HTTP Range request, retries with backoff, and only
+renames the file into place once its md5 matches. :func:`safe_extract` vets every
+member before anything is written and unpacks into a temporary folder that
+replaces ``dest_dir`` only on success, so a crash or a hostile archive never
+leaves a tree that a later stage could take for a finished extraction.
+Standard library only: this runs before any environment is trusted.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import lzma
+import os
+import posixpath
+import re
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+from typing import Callable
+
+from wsss_core.fileio import atomic_dir
+
+CHUNK = 1 << 20
+PROGRESS_STEP = 0.05  # log a progress line every 5% of the file
+UNKNOWN_SIZE_STEP = 100 << 20  # ... or every 100 MiB when the server sends no size
+# Client errors that no retry will fix (408 timeout and 429 rate limit are worth a retry).
+_PERMANENT_HTTP = set(range(400, 500)) - {408, 416, 429}
+
+
+class DownloadError(RuntimeError):
+    """A download that did not produce the expected bytes after every retry."""
+
+    def __init__(self, message: str, url: str, dest: Path, expected_md5: str, actual_md5: str | None):
+        super().__init__(message)
+        self.url, self.dest = url, dest
+        self.expected_md5, self.actual_md5 = expected_md5, actual_md5
+
+
+class ArchiveError(RuntimeError):
+    """An archive that cannot be read (corrupt, truncated, not a tar)."""
+
+
+class UnsafeArchiveError(ArchiveError):
+    """An archive with a member that would write outside the extraction folder."""
+
+
+class _ShortRead(OSError):
+    """The connection closed before the announced number of bytes arrived."""
+
+
+def md5sum(path: str | os.PathLike) -> str:
+    """Hex md5 of a file, read in 1 MiB chunks so multi-GB archives need no memory."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _human(n: int) -> str:
+    if n < 1 << 20:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / (1 << 20):.1f} MiB" if n < 1 << 30 else f"{n / (1 << 30):.2f} GiB"
+
+
+def _total_size(resp: http.client.HTTPResponse, offset: int) -> int | None:
+    """Full file size from Content-Range (206) or offset + Content-Length."""
+    match = re.match(r"bytes (\d+)-(\d+)/(\d+)", resp.headers.get("Content-Range", ""))
+    if match:
+        return int(match.group(3))
+    length = resp.headers.get("Content-Length")
+    return offset + int(length) if length is not None and length.isdigit() else None
+
+
+def _download_to(url: str, part: Path, timeout_s: float, log: Callable[[str], None]) -> None:
+    """One attempt: append to ``part`` from its current size (or restart); raise on a short read."""
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:
+            log(f"{url}: server has no bytes past {offset}; checking the partial file as complete")
+            return
+        raise
+    with resp:
+        content_range = resp.headers.get("Content-Range", "")
+        if resp.status == 206:
+            if not content_range.startswith(f"bytes {offset}-"):
+                part.unlink(missing_ok=True)  # bytes from elsewhere in the file: start over
+                raise OSError(f"asked for bytes from {offset}, got Content-Range {content_range!r}")
+            log(f"{url}: resuming at {_human(offset)}")
+            mode = "ab"
+        else:
+            if offset:
+                log(f"{url}: server ignored the Range request; restarting from zero")
+            offset, mode = 0, "wb"
+        total = _total_size(resp, offset)
+        done, next_log = offset, 0.0
+        with open(part, mode) as f:
+            for block in iter(lambda: resp.read(CHUNK), b""):
+                f.write(block)
+                done += len(block)
+                if done >= next_log:
+                    if total:
+                        log(f"{part.name}: {_human(done)} / {_human(total)} ({100 * done / total:.0f}%)")
+                        next_log = done + PROGRESS_STEP * total
+                    else:
+                        log(f"{part.name}: {_human(done)}")
+                        next_log = done + UNKNOWN_SIZE_STEP
+    if total is not None and done != total:
+        raise _ShortRead(f"connection closed at {done} of {total} bytes")
+
+
+def fetch(
+    url: str,
+    dest: str | os.PathLike,
+    md5: str,
+    retries: int = 5,
+    timeout_s: float = 60,
+    backoff_s: float = 2.0,
+    log: Callable[[str], None] = print,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Path:
+    """Download ``url`` to ``dest`` and verify its md5; resume, retry, never leave a bad ``dest``.
+
+    Bytes go to ``dest + ".part"``; a network error keeps them for the next attempt
+    to resume, an md5 mismatch deletes them. Waits ``backoff_s * 2**(attempt-1)``
+    between attempts (``sleep`` is injectable for tests). Raises :class:`DownloadError`.
+    """
+    if retries < 1:
+        raise ValueError(f"retries must be >= 1, got {retries}")
+    dest = Path(dest)
+    md5 = md5.lower()
+    if dest.is_file():
+        actual = md5sum(dest)
+        if actual == md5:
+            log(f"{dest}: already present, md5 ok")
+            return dest
+        log(f"{dest}: md5 {actual} != expected {md5}; deleting it and downloading again")
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    actual, failure = None, "no attempt made"
+    for attempt in range(1, retries + 1):
+        log(f"{url}: attempt {attempt}/{retries} -> {dest}")
+        try:
+            _download_to(url, part, timeout_s, log)
+        except urllib.error.HTTPError as err:
+            failure = f"HTTP {err.code} {err.reason}"
+            if err.code in _PERMANENT_HTTP:
+                break
+        except (OSError, http.client.HTTPException) as err:  # URLError, timeouts, resets, short reads
+            failure = f"{type(err).__name__}: {err}"
+        else:
+            actual = md5sum(part)
+            if actual == md5:
+                os.replace(part, dest)
+                log(f"{dest}: done, md5 ok")
+                return dest
+            part.unlink()
+            failure = f"md5 {actual} != expected {md5}"
+        log(f"{url}: attempt {attempt} failed ({failure})")
+        if attempt < retries:
+            sleep(backoff_s * 2 ** (attempt - 1))
+    message = (
+        f"could not download {dest} from {url} after {attempt} attempt(s); last failure: {failure}; "
+        f"expected md5 {md5}, actual md5 {actual or 'unknown (no complete download)'}"
+    )
+    raise DownloadError(message, url, dest, md5, actual)
+
+
+def _escapes(path: str) -> bool:
+    """True if a relative archive path leaves the extraction folder once normalised."""
+    norm = posixpath.normpath(path)
+    return posixpath.isabs(path) or norm == ".." or norm.startswith("../")
+
+
+def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
+    if posixpath.isabs(member.name):
+        return "absolute path"
+    if _escapes(member.name):
+        return "path escapes the extraction folder"
+    if member.ischr() or member.isblk() or member.isfifo():
+        return "device or fifo"
+    if member.issym():
+        target = posixpath.join(posixpath.dirname(member.name), member.linkname)
+        if posixpath.isabs(member.linkname) or _escapes(target):
+            return f"symlink to {member.linkname!r} points outside"
+    if member.islnk() and _escapes(member.linkname):
+        return f"hardlink to {member.linkname!r} points outside"
+    return None
+
+
+def _read_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
+    """All members, after checking the end-of-archive block that a truncated tar lacks.
+
+    tarfile silently stops at a header cut short, so a tar truncated between members
+    would otherwise "extract" fine with files missing.
+    """
+    members = tar.getmembers()
+    tar.fileobj.seek(tar.offset)
+    if tar.fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
+        raise ArchiveError(f"{archive}: truncated archive (no end-of-archive marker after the last member)")
+    return members
+
+
+def safe_extract(archive: str | os.PathLike, dest_dir: str | os.PathLike, log: Callable[[str], None] = print) -> Path:
+    """Extract a tar / tar.gz into ``dest_dir`` atomically, refusing any unsafe member.
+
+    Every member is vetted first (absolute paths, ``..``, links leaving the tree,
+    devices); extraction then still runs with ``filter="data"`` as a second line of
+    defence. Raises :class:`UnsafeArchiveError` or :class:`ArchiveError`, leaving
+    nothing at ``dest_dir``.
+    """
+    archive, dest_dir = Path(archive), Path(dest_dir)
+    if not hasattr(tarfile, "data_filter"):
+        raise RuntimeError("safe_extract needs tarfile extraction filters (Python >= 3.12, 3.11.4, 3.10.12, 3.9.17)")
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = _read_members(tar, archive)
+            for member in members:
+                reason = _unsafe_reason(member)
+                if reason:
+                    raise UnsafeArchiveError(f"{archive}: refusing unsafe member {member.name!r} ({reason})")
+            log(f"{archive}: extracting {len(members)} members -> {dest_dir}")
+            with atomic_dir(dest_dir) as tmp:
+                tar.extractall(tmp, members=members, filter="data")
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as err:
+        if isinstance(err, tarfile.FilterError):
+            raise UnsafeArchiveError(f"{archive}: refusing unsafe member ({err})") from err
+        raise ArchiveError(f"{archive}: corrupt or truncated archive ({type(err).__name__}: {err})") from err
+    log(f"{archive}: extracted to {dest_dir}")
+    return dest_dir

@@ -1,0 +1,277 @@
+"""The one dataset interface: a folder in the PASCAL VOC 2012 layout.
+
+::
+
+    root/
+      JPEGImages/<id>.jpg
+      SegmentationClass/<id>.png        palette PNG, pixel = class id, 0 background, 255 void
+      ImageSets/Segmentation/<split>.txt one image id per line
+      classes.txt        (optional)      one class name per line, background first; default VOC's 21
+      cls_labels.json    (optional)      {"<id>": [class ids]}: the image-level labels
+      Annotations/<id>.xml (optional)    VOC XML, used for labels when cls_labels.json is absent
+
+Image-level labels come from ``cls_labels.json`` if present, else from the VOC XML
+annotations, else from the masks. Every stage reads data through :class:`VOCDataset`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+IGNORE_INDEX = 255
+
+
+def voc_palette() -> list[int]:
+    """The 256-entry VOC colour map (bit-interleaved class id), flattened RGB."""
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+@dataclass(frozen=True)
+class DatasetProblem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used; carries every problem found, each naming its file."""
+
+    def __init__(self, root: Path | str, problems: list[DatasetProblem]):
+        self.problems = list(problems)
+        shown = "\n".join(f"  - {p}" for p in self.problems[:200])
+        more = len(self.problems) - 200
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        super().__init__(f"dataset {root}: {len(self.problems)} problem(s)\n{shown}{tail}")
+
+
+class VOCDataset:
+    """Read-only access to a dataset root in the VOC layout (see module docstring)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(self.root, [DatasetProblem(str(self.root), "dataset root is not a folder")])
+        self.classes = self._read_classes()
+
+    # ----------------------------------------------------------------- layout
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background."""
+        return len(self.classes)
+
+    def split_file(self, split: str) -> Path:
+        return self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+
+    def splits(self) -> list[str]:
+        folder = self.root / "ImageSets" / "Segmentation"
+        return sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
+
+    def ids(self, split: str) -> list[str]:
+        path = self.split_file(split)
+        if not path.is_file():
+            have = ", ".join(self.splits()) or "none"
+            raise DatasetError(self.root, [DatasetProblem(str(path), f"split '{split}' not found (splits: {have})")])
+        return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+
+    def image_path(self, image_id: str) -> Path:
+        return self.root / "JPEGImages" / f"{image_id}.jpg"
+
+    def mask_path(self, image_id: str) -> Path:
+        return self.root / "SegmentationClass" / f"{image_id}.png"
+
+    def annotation_path(self, image_id: str) -> Path:
+        return self.root / "Annotations" / f"{image_id}.xml"
+
+    def has_mask(self, image_id: str) -> bool:
+        return self.mask_path(image_id).is_file()
+
+    # ----------------------------------------------------------------- pixels
+    def load_image(self, image_id: str) -> np.ndarray:
+        """RGB uint8 array (H, W, 3)."""
+        with Image.open(self.image_path(image_id)) as img:
+            return np.asarray(img.convert("RGB"))
+
+    def load_mask(self, image_id: str) -> np.ndarray:
+        """Class-id uint8 array (H, W); 255 = void."""
+        with Image.open(self.mask_path(image_id)) as img:
+            if img.mode not in ("P", "L"):
+                raise ValueError(f"{self.mask_path(image_id)}: mask mode {img.mode}, expected a palette (P) or L PNG")
+            return np.asarray(img)
+
+    # ----------------------------------------------------------------- labels
+    @property
+    def label_source(self) -> str:
+        if (self.root / "cls_labels.json").is_file():
+            return "cls_labels.json"
+        if (self.root / "Annotations").is_dir():
+            return "Annotations"
+        return "SegmentationClass"
+
+    @cached_property
+    def _labels_json(self) -> dict[str, list[int]]:
+        path = self.root / "cls_labels.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise DatasetError(self.root, [DatasetProblem(str(path), f"cannot read: {err}")]) from err
+        if not isinstance(data, dict):
+            raise DatasetError(self.root, [DatasetProblem(str(path), 'expected an object {"image id": [class ids]}')])
+        return data
+
+    def labels(self, image_id: str) -> tuple[int, ...]:
+        """Sorted foreground class ids (1..num_classes-1) present in the image.
+
+        Raises :class:`DatasetError` naming the label file when the labels cannot be read.
+        """
+        source = self.label_source
+        if source == "cls_labels.json":
+            if image_id not in self._labels_json:
+                self._fail(self.root / "cls_labels.json", f"no labels for image '{image_id}'")
+            return tuple(sorted(set(int(c) for c in self._labels_json[image_id])))
+        if source == "Annotations":
+            return self._labels_from_xml(image_id)
+        mask = self.load_mask(image_id)
+        present = np.unique(mask)
+        return tuple(int(c) for c in present if c not in (0, IGNORE_INDEX))
+
+    def _fail(self, path: Path, message: str):
+        raise DatasetError(self.root, [DatasetProblem(str(path), message)])
+
+    def _labels_from_xml(self, image_id: str) -> tuple[int, ...]:
+        path = self.annotation_path(image_id)
+        try:
+            objects = ET.parse(path).getroot().iter("object")
+            names = [obj.findtext("name", "").strip() for obj in objects]
+        except (OSError, ET.ParseError) as err:
+            self._fail(path, f"cannot read annotation ({err})")
+        unknown = sorted(set(names) - set(self.classes))
+        if unknown:
+            self._fail(path, f"class name(s) {unknown} not in the class list")
+        return tuple(sorted({self.classes.index(n) for n in names} - {0}))
+
+    def label_matrix(self, image_ids: list[str]) -> np.ndarray:
+        """Multi-hot (N, num_classes-1) float32 over the foreground classes."""
+        out = np.zeros((len(image_ids), self.num_classes - 1), np.float32)
+        for row, image_id in enumerate(image_ids):
+            for c in self.labels(image_id):
+                out[row, c - 1] = 1.0
+        return out
+
+    # ----------------------------------------------------------------- checks
+    def _read_classes(self) -> tuple[str, ...]:
+        path = self.root / "classes.txt"
+        if not path.is_file():
+            return VOC_CLASSES
+        names = tuple(ln.strip() for ln in path.read_text().splitlines() if ln.strip())
+        problems = []
+        if len(names) < 2:
+            problems.append("needs background plus at least one class")
+        if len(set(names)) != len(names):
+            problems.append("class names must be unique")
+        if len(names) > IGNORE_INDEX:
+            problems.append(f"at most {IGNORE_INDEX} classes (255 is the void label)")
+        if problems:
+            raise DatasetError(self.root, [DatasetProblem(str(path), m) for m in problems])
+        return names
+
+    def _check_image(self, image_id: str, require_mask: bool) -> list[DatasetProblem]:
+        problems = []
+        img_path, mask_path = self.image_path(image_id), self.mask_path(image_id)
+        size = None
+        if not img_path.is_file():
+            problems.append(DatasetProblem(str(img_path), "image file missing"))
+        else:
+            try:
+                with Image.open(img_path) as img:
+                    img.load()
+                    size = img.size
+            except Exception as err:  # PIL raises many types for broken files
+                problems.append(DatasetProblem(str(img_path), f"unreadable image ({err})"))
+        mask = None
+        if mask_path.is_file():
+            try:
+                mask = self.load_mask(image_id)
+            except Exception as err:
+                problems.append(DatasetProblem(str(mask_path), f"unreadable mask ({err})"))
+        elif require_mask:
+            problems.append(DatasetProblem(str(mask_path), "mask file missing"))
+        if mask is not None:
+            if size is not None and (mask.shape[1], mask.shape[0]) != size:
+                problems.append(DatasetProblem(
+                    str(mask_path), f"mask size {mask.shape[1]}x{mask.shape[0]} != image size {size[0]}x{size[1]}"))
+            values = np.unique(mask)
+            bad = [int(v) for v in values if v >= self.num_classes and v != IGNORE_INDEX]
+            if bad:
+                problems.append(DatasetProblem(
+                    str(mask_path), f"class ids {bad} outside 0..{self.num_classes - 1} (and 255)"))
+        problems += self._check_labels(image_id, mask)
+        return problems
+
+    def _check_labels(self, image_id: str, mask: np.ndarray | None) -> list[DatasetProblem]:
+        source = self.label_source
+        if source == "SegmentationClass" and mask is None:
+            where = self.mask_path(image_id)
+            return [DatasetProblem(str(where), "no mask, no cls_labels.json and no Annotations: no image labels")]
+        try:
+            labels = self.labels(image_id)
+        except DatasetError as err:
+            return err.problems
+        bad = [c for c in labels if not 1 <= c < self.num_classes]
+        if bad:
+            where = self.root / source if source != "Annotations" else self.annotation_path(image_id)
+            return [DatasetProblem(str(where), f"image '{image_id}': label ids {bad} outside 1..{self.num_classes - 1}")]
+        return []
+
+    def validate(self, splits: list[str], require_masks: bool = True, workers: int = 4) -> list[DatasetProblem]:
+        """Check every image of ``splits``; return all problems found (empty list = valid)."""
+        problems: list[DatasetProblem] = []
+        ids: list[str] = []
+        for split in splits:
+            try:
+                split_ids = self.ids(split)
+            except DatasetError as err:
+                problems += err.problems
+                continue
+            if not split_ids:
+                problems.append(DatasetProblem(str(self.split_file(split)), "split lists no images"))
+            dupes = sorted(i for i, n in Counter(split_ids).items() if n > 1)
+            if dupes:
+                problems.append(DatasetProblem(str(self.split_file(split)), f"duplicate ids {dupes[:10]}"))
+            ids += split_ids
+        unique_ids = list(dict.fromkeys(ids))
+        with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL decodes without the GIL
+            for found in pool.map(lambda i: self._check_image(i, require_masks), unique_ids):
+                problems += found
+        return problems
+
+    def check(self, splits: list[str], require_masks: bool = True, workers: int = 4) -> None:
+        """Like :meth:`validate` but raise :class:`DatasetError` listing every problem."""
+        problems = self.validate(splits, require_masks=require_masks, workers=workers)
+        if problems:
+            raise DatasetError(self.root, problems)
