@@ -13,9 +13,13 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/classifier.smk"
+include: "rules/cams.smk"
+include: "rules/summary.smk"
 
 
 rule all:
     default_target: True
     input:
         dataset_summary=RESULTS / "data" / "dataset_summary.json",
+        summary=RESULTS / "summary.csv",

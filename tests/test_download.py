@@ -14,6 +14,7 @@ from wsss_core.data.download import ArchiveError, DownloadError, UnsafeArchiveEr
 
 PAYLOAD = np.random.default_rng(1).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
 PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()
+PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
 
 
 @pytest.fixture
@@ -139,6 +140,44 @@ def test_unreachable_server_retries_then_raises(tmp_path):
         url = srv.url("/file.bin")
     with pytest.raises(DownloadError, match="after 2 attempt"):
         quiet_fetch(url, tmp_path / "file.bin", retries=2, timeout_s=2)
+
+
+# --------------------------------------------------- sha256 prefix (torch hub names)
+def test_sha256_prefix_alone_verifies_the_download(server, tmp_path):
+    dest = tmp_path / "file.bin"
+    _, logs = quiet_fetch(server.url("/file.bin"), dest, md5=None, sha256_prefix=PAYLOAD_SHA256[:8].upper())
+    assert dest.read_bytes() == PAYLOAD and any("sha256 ok" in ln for ln in logs)
+
+
+def test_sha256_prefix_mismatch_raises_and_leaves_nothing(server, tmp_path):
+    server.corrupt = True
+    dest = tmp_path / "file.bin"
+    with pytest.raises(DownloadError) as info:
+        quiet_fetch(server.url("/file.bin"), dest, md5=None, sha256_prefix=PAYLOAD_SHA256[:8], retries=2)
+    corrupted = bytearray(PAYLOAD)
+    corrupted[len(PAYLOAD) // 2] ^= 0xFF
+    actual = hashlib.sha256(corrupted).hexdigest()
+    assert PAYLOAD_SHA256[:8] in str(info.value) and actual in str(info.value)
+    assert info.value.actual_sha256 == actual and info.value.expected_md5 is None
+    assert len(server.requests) == 2 and os.listdir(tmp_path) == []
+
+
+def test_md5_and_sha256_must_both_match(server, tmp_path):
+    with pytest.raises(DownloadError, match="sha256"):
+        quiet_fetch(server.url("/file.bin"), tmp_path / "file.bin", sha256_prefix="00000000", retries=1)
+
+
+def test_existing_file_with_wrong_sha256_is_replaced(server, tmp_path):
+    dest = tmp_path / "file.bin"
+    dest.write_bytes(b"old")
+    quiet_fetch(server.url("/file.bin"), dest, md5=None, sha256_prefix=PAYLOAD_SHA256[:8])
+    assert dest.read_bytes() == PAYLOAD and len(server.requests) == 1
+
+
+def test_fetch_refuses_to_download_unverified(server, tmp_path):
+    with pytest.raises(ValueError, match="md5 or sha256_prefix"):
+        quiet_fetch(server.url("/file.bin"), tmp_path / "file.bin", md5=None)
+    assert server.requests == []
 
 
 # ----------------------------------------------------------------- safe_extract

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -42,19 +43,33 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     assert summary["label_source"] == "cls_labels.json"
     assert sum(s["images"] for s in summary["splits"].values()) == 40
     assert (tmp_path / "data" / "demo_tiny" / "JPEGImages").is_dir()
-    for rule in ("demo_dataset", "validate_dataset"):
-        assert (results / "logs" / "data" / f"{rule}.log").is_file()
-        assert (results / "benchmarks" / "data" / f"{rule}.tsv").is_file()
+    rules = {"data": ["demo_dataset", "validate_dataset"], "classifier": ["train_cam"],
+             "cams": ["infer_cam", "evaluate_cam"]}  # fmt: skip
+    for topic, names in rules.items():
+        for name in names:
+            assert (results / "logs" / topic / f"{name}.log").is_file(), name
+            assert (results / "benchmarks" / topic / f"{name}.tsv").is_file(), name
     assert "images" in (results / "data" / "class_counts.csv").read_text().splitlines()[0]
+    assert (results / "classifier" / "cam" / "model.pt").is_file()
+    assert (results / "cams" / "cam" / "train_aug.h5").is_file()
+    best = json.loads((results / "cams" / "cam" / "eval" / "best_threshold.json").read_text())
+    table = pd.read_csv(results / "summary.csv")
+    assert table[["stage", "method", "split"]].values.tolist() == [["cams", "cam", "train_aug"]]
+    assert table["mIoU"][0] == pytest.approx(best["mIoU"], abs=0.01) and 0 < best["mIoU"] <= 100
 
     assert "Nothing to be done" in run_snakemake(tmp_path, "-n", *TINY).stdout
     # A changed demo parameter reruns generation and everything after it.
-    out = run_snakemake(tmp_path, "-n", *configs(tmp_path, "tiny.yaml", demo={"seed": 7})).stdout
-    assert "demo_dataset" in out and "validate_dataset" in out and "params" in out.lower()
-    # A changed split parameter reruns validation only.
+    out = run_snakemake(tmp_path, "-n", "--quiet", "rules", *configs(tmp_path, "tiny.yaml", demo={"seed": 7})).stdout
+    assert all(r in out for r in ("demo_dataset", "validate_dataset", "train_classifier", "infer_cams", "summary"))
+    # A changed CAM parameter reruns CAM inference and what follows, not training or data.
+    out = run_snakemake(tmp_path, "-n", "--quiet", "rules",
+                        *configs(tmp_path, "tiny.yaml", cams={"scales": [1.0]})).stdout  # fmt: skip
+    assert all(r in out for r in ("infer_cams", "evaluate_cams", "summary"))
+    assert not any(r in out for r in ("demo_dataset", "validate_dataset", "train_classifier"))
+    # A changed evaluation split reruns validation only.
     out = run_snakemake(tmp_path, "-n", "--quiet", "rules",
                         *configs(tmp_path, "tiny.yaml", dataset={"eval_split": "train"})).stdout  # fmt: skip
-    assert "validate_dataset" in out and "demo_dataset" not in out
+    assert "validate_dataset" in out and "demo_dataset" not in out and "train_classifier" not in out
 
 
 def test_bad_config_value_fails_at_parse_time_naming_the_key(tmp_path):

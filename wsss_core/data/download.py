@@ -2,9 +2,11 @@
 
 The archives are gigabytes on slow academic servers, so :func:`fetch` resumes a
 partial ``.part`` file with an HTTP Range request, retries with backoff, and only
-renames the file into place once its md5 matches. :func:`safe_extract` vets every
-member before anything is written and unpacks into a temporary folder that
-replaces ``dest_dir`` only on success, so a crash or a hostile archive never
+renames the file into place once its checksum matches: an md5 (the datasets publish
+md5s) and/or a sha256 prefix (PyTorch checkpoints such as ``resnet50-0676ba61.pth``
+carry the first hex digits of their sha256 in the file name). :func:`safe_extract`
+vets every member before anything is written and unpacks into a temporary folder
+that replaces ``dest_dir`` only on success, so a crash or a hostile archive never
 leaves a tree that a later stage could take for a finished extraction.
 Standard library only: this runs before any environment is trusted.
 """
@@ -38,10 +40,20 @@ _PERMANENT_HTTP = set(range(400, 500)) - {408, 416, 429}
 class DownloadError(RuntimeError):
     """A download that did not produce the expected bytes after every retry."""
 
-    def __init__(self, message: str, url: str, dest: Path, expected_md5: str, actual_md5: str | None):
+    def __init__(
+        self,
+        message: str,
+        url: str,
+        dest: Path,
+        expected_md5: str | None,
+        actual_md5: str | None,
+        expected_sha256_prefix: str | None = None,
+        actual_sha256: str | None = None,
+    ):
         super().__init__(message)
         self.url, self.dest = url, dest
         self.expected_md5, self.actual_md5 = expected_md5, actual_md5
+        self.expected_sha256_prefix, self.actual_sha256 = expected_sha256_prefix, actual_sha256
 
 
 class ArchiveError(RuntimeError):
@@ -56,13 +68,29 @@ class _ShortRead(OSError):
     """The connection closed before the announced number of bytes arrived."""
 
 
-def md5sum(path: str | os.PathLike) -> str:
-    """Hex md5 of a file, read in 1 MiB chunks so multi-GB archives need no memory."""
-    digest = hashlib.md5()
+def _hexdigests(path: str | os.PathLike, algorithms: list[str]) -> dict[str, str]:
+    """Hex digests of a file in one pass of 1 MiB chunks, so multi-GB archives need no memory."""
+    digests = {name: hashlib.new(name) for name in algorithms}
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            for digest in digests.values():
+                digest.update(block)
+    return {name: digest.hexdigest() for name, digest in digests.items()}
+
+
+def md5sum(path: str | os.PathLike) -> str:
+    """Hex md5 of a file."""
+    return _hexdigests(path, ["md5"])["md5"]
+
+
+def _verify(path: Path, md5: str | None, sha256_prefix: str | None) -> tuple[dict[str, str], str | None]:
+    """The requested digests of ``path`` and a description of the first mismatch (None: all match)."""
+    actual = _hexdigests(path, [name for name, want in (("md5", md5), ("sha256", sha256_prefix)) if want])
+    if md5 and actual["md5"] != md5:
+        return actual, f"md5 {actual['md5']} != expected {md5}"
+    if sha256_prefix and not actual["sha256"].startswith(sha256_prefix):
+        return actual, f"sha256 {actual['sha256']} does not start with expected {sha256_prefix}"
+    return actual, None
 
 
 def _human(n: int) -> str:
@@ -123,33 +151,41 @@ def _download_to(url: str, part: Path, timeout_s: float, log: Callable[[str], No
 def fetch(
     url: str,
     dest: str | os.PathLike,
-    md5: str,
+    md5: str | None,
     retries: int = 5,
     timeout_s: float = 60,
     backoff_s: float = 2.0,
     log: Callable[[str], None] = print,
     sleep: Callable[[float], None] = time.sleep,
+    sha256_prefix: str | None = None,
 ) -> Path:
-    """Download ``url`` to ``dest`` and verify its md5; resume, retry, never leave a bad ``dest``.
+    """Download ``url`` to ``dest`` and verify it; resume, retry, never leave a bad ``dest``.
 
-    Bytes go to ``dest + ".part"``; a network error keeps them for the next attempt
-    to resume, an md5 mismatch deletes them. Waits ``backoff_s * 2**(attempt-1)``
-    between attempts (``sleep`` is injectable for tests). Raises :class:`DownloadError`.
+    The file must match ``md5`` and/or start its sha256 with ``sha256_prefix``; at
+    least one is required, so unverified bytes are never accepted. Bytes go to
+    ``dest + ".part"``; a network error keeps them for the next attempt to resume, a
+    checksum mismatch deletes them. Waits ``backoff_s * 2**(attempt-1)`` between
+    attempts (``sleep`` is injectable for tests). Raises :class:`DownloadError`.
     """
     if retries < 1:
         raise ValueError(f"retries must be >= 1, got {retries}")
+    if not md5 and not sha256_prefix:
+        raise ValueError(f"fetch({url}) needs md5 or sha256_prefix: it never accepts unverified bytes")
     dest = Path(dest)
-    md5 = md5.lower()
+    md5 = md5.lower() if md5 else None
+    sha256_prefix = sha256_prefix.lower() if sha256_prefix else None
+    checks = " and ".join(name for name, want in (("md5", md5), ("sha256", sha256_prefix)) if want)
     if dest.is_file():
-        actual = md5sum(dest)
-        if actual == md5:
-            log(f"{dest}: already present, md5 ok")
+        _, mismatch = _verify(dest, md5, sha256_prefix)
+        if mismatch is None:
+            log(f"{dest}: already present, {checks} ok")
             return dest
-        log(f"{dest}: md5 {actual} != expected {md5}; deleting it and downloading again")
+        log(f"{dest}: {mismatch}; deleting it and downloading again")
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    actual, failure = None, "no attempt made"
+    actual: dict[str, str] = {}
+    failure = "no attempt made"
     for attempt in range(1, retries + 1):
         log(f"{url}: attempt {attempt}/{retries} -> {dest}")
         try:
@@ -161,21 +197,25 @@ def fetch(
         except (OSError, http.client.HTTPException) as err:  # URLError, timeouts, resets, short reads
             failure = f"{type(err).__name__}: {err}"
         else:
-            actual = md5sum(part)
-            if actual == md5:
+            actual, mismatch = _verify(part, md5, sha256_prefix)
+            if mismatch is None:
                 os.replace(part, dest)
-                log(f"{dest}: done, md5 ok")
+                log(f"{dest}: done, {checks} ok")
                 return dest
             part.unlink()
-            failure = f"md5 {actual} != expected {md5}"
+            failure = mismatch
         log(f"{url}: attempt {attempt} failed ({failure})")
         if attempt < retries:
             sleep(backoff_s * 2 ** (attempt - 1))
-    message = (
-        f"could not download {dest} from {url} after {attempt} attempt(s); last failure: {failure}; "
-        f"expected md5 {md5}, actual md5 {actual or 'unknown (no complete download)'}"
-    )
-    raise DownloadError(message, url, dest, md5, actual)
+    unknown = "unknown (no complete download)"
+    expected = []
+    if md5:
+        expected.append(f"expected md5 {md5}, actual md5 {actual.get('md5', unknown)}")
+    if sha256_prefix:
+        expected.append(f"expected sha256 prefix {sha256_prefix}, actual sha256 {actual.get('sha256', unknown)}")
+    message = f"could not download {dest} from {url} after {attempt} attempt(s); last failure: {failure}; "
+    message += "; ".join(expected)
+    raise DownloadError(message, url, dest, md5, actual.get("md5"), sha256_prefix, actual.get("sha256"))
 
 
 def _escapes(path: str) -> bool:

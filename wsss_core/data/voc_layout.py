@@ -113,9 +113,9 @@ class VOCDataset:
 
     # ----------------------------------------------------------------- pixels
     def load_image(self, image_id: str) -> np.ndarray:
-        """RGB uint8 array (H, W, 3)."""
+        """RGB uint8 array (H, W, 3), writable (so torch.from_numpy can share it)."""
         with Image.open(self.image_path(image_id)) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))
 
     def load_mask(self, image_id: str) -> np.ndarray:
         """Class-id uint8 array (H, W); 255 = void."""

@@ -1,0 +1,21 @@
+"""Rule evaluate_cams: background-threshold sweep of CAM mIoU against the masks."""
+import numpy as np
+
+from wsss_core.cams.evaluate import evaluate_cams
+from wsss_core.workflow import logged
+
+with logged(snakemake.log[0]):
+    t = snakemake.params.thresholds
+    out = snakemake.output
+    evaluate_cams(
+        snakemake.input.cams,
+        snakemake.input.root,
+        snakemake.params.split,
+        thresholds=np.round(np.arange(t["min"], t["max"] + t["step"] / 2, t["step"]), 6),
+        out_csv=out.sweep,
+        out_png=out.plot,
+        out_best_json=out.best,
+        out_per_class_csv=out.per_class,
+        method=snakemake.params.method,
+        summary_row_csv=out.summary_row,
+    )

@@ -1,0 +1,1 @@
+"""Class activation maps: the HDF5 store every later stage reads, and their evaluation."""

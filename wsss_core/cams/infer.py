@@ -1,0 +1,101 @@
+"""Stage 3: class activation maps of a trained classifier, multi-scale + flip, into HDF5.
+
+For each image and scale the network sees the image and its mirror in one batch; the
+maps are flipped back, upsampled to the image size and summed over scales and flips.
+Only the image's labelled classes are kept (the labels are known in WSSS), ReLU'd and
+divided by their maximum, so every stored map lies in [0, 1].
+Images of equal size are batched together, so the demo (all one size) runs in few passes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from wsss_core.cams.store import CAMWriter
+from wsss_core.data.transforms import normalize
+from wsss_core.data.voc_layout import VOCDataset
+from wsss_core.train.checkpoint import file_sha256
+from wsss_core.train.classifier import load_classifier
+from wsss_core.train.devices import select_device
+
+log = logging.getLogger(__name__)
+
+
+def size_batches(dataset: VOCDataset, ids: list[str], batch_size: int) -> list[list[int]]:
+    """Indices of ``ids`` grouped into batches of images that share one size (read from headers)."""
+    by_size = defaultdict(list)
+    for index, image_id in enumerate(ids):
+        with Image.open(dataset.image_path(image_id)) as img:
+            by_size[img.size].append(index)
+    return [group[i : i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
+
+
+class _Images(Dataset):
+    def __init__(self, dataset: VOCDataset, ids: list[str]):
+        self.dataset, self.ids = dataset, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        image = self.dataset.load_image(self.ids[index])
+        return torch.from_numpy(image).permute(2, 0, 1), index
+
+
+@torch.no_grad()
+def multiscale_cams(model, images: torch.Tensor, scales, mean, std, flip: bool = True) -> torch.Tensor:
+    """(B, 3, H, W) uint8 images -> (B, K, H, W) float CAMs summed over scales (and flips), before ReLU."""
+    # channels_last: measured ~20 % faster for the depthwise convs of EfficientNet on CPU (oneDNN)
+    x = normalize(images.float() / 255, mean, std).contiguous(memory_format=torch.channels_last)
+    height, width = x.shape[-2:]
+    total = None
+    for scale in scales:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        xs = x if scale == 1 else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
+        cams = model.cams(batch)
+        if flip:
+            half = len(xs)
+            cams = cams[:half] + cams[half:].flip(-1)
+        cams = F.interpolate(cams.float(), size=(height, width), mode="bilinear", align_corners=False)
+        total = cams if total is None else total + cams
+    return total
+
+
+def normalize_cams(cams: torch.Tensor, class_ids, eps: float = 1e-5) -> torch.Tensor:
+    """Keep the labelled classes (ids 1..K), ReLU, divide each map by its maximum: (n_labels, H, W) in [0, 1]."""
+    keep = cams[[c - 1 for c in class_ids]].clamp_min(0)
+    return keep / (keep.flatten(1).amax(1).view(-1, 1, 1) + eps)
+
+
+def infer_cams(dataset_root, split: str, model_path, out_h5, *, scales, flip: bool = True, batch_size: int = 8,
+               num_workers: int = 0, threads: int = 1, device: str = "auto") -> dict:  # fmt: skip
+    """Write the CAMs of every image of ``split`` to ``out_h5`` (one dataset per image)."""
+    device = select_device(device)
+    torch.set_num_threads(max(1, threads))
+    model, meta = load_classifier(model_path, device)
+    model = model.to(memory_format=torch.channels_last)
+    ds = VOCDataset(dataset_root)
+    if list(ds.classes) != meta["classes"]:
+        raise ValueError(f"{model_path}: trained on classes {meta['classes']}, dataset {ds.root} has {ds.classes}")
+    ids = ds.ids(split)
+    batches = size_batches(ds, ids, batch_size)
+    loader = DataLoader(_Images(ds, ids), batch_sampler=batches, num_workers=num_workers)
+    attrs = {"split": split, "flip": flip, "model_file": str(model_path)}
+    with CAMWriter(out_h5, classes=list(ds.classes), scales=list(scales), stride=meta["stride"],
+                   checkpoint_sha256=file_sha256(model_path), extra_attrs=attrs) as writer:  # fmt: skip
+        for images, indices in tqdm(loader, desc=f"CAMs {split}", mininterval=10, ascii=True):
+            cams = multiscale_cams(model, images.to(device), scales, meta["mean"], meta["std"], flip).cpu()
+            for cam, index in zip(cams, indices.tolist()):
+                labels = ds.labels(ids[index])
+                writer.write(ids[index], normalize_cams(cam, labels).numpy(), labels)
+    log.info("wrote CAMs of %d images to %s", len(ids), out_h5)
+    return {"images": len(ids), "batches": len(batches)}

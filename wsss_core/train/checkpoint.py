@@ -1,0 +1,82 @@
+"""Training checkpoints: written atomically every epoch, resumed after a kill.
+
+A checkpoint carries the model, optimizer and scheduler state, every RNG state, the
+finished epoch, and a fingerprint of the training configuration: a checkpoint left
+by a run with other settings is never resumed (it is replaced by a fresh start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsss_core.fileio import atomic_file
+
+
+def fingerprint(settings: dict) -> str:
+    """Stable hash of the settings that define a training run."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def rng_state() -> dict:
+    """Every RNG state, in types that ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "gauss": float(gauss)}  # fmt: skip
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def save_checkpoint(path: str | Path, *, model, optimizer, scheduler, epoch: int, settings_hash: str, history) -> None:
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "settings_hash": settings_hash,
+        "history": history,
+        "rng": rng_state(),
+    }
+    with atomic_file(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path, settings_hash: str) -> dict | None:
+    """The checkpoint at ``path`` if it belongs to a run with these settings, else None."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("settings_hash") != settings_hash:
+        return None
+    return payload
