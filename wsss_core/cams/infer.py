@@ -90,8 +90,12 @@ def infer_cams(dataset_root, split: str, model_path, out_h5, *, scales, flip: bo
     batches = size_batches(ds, ids, batch_size)
     loader = DataLoader(_Images(ds, ids), batch_sampler=batches, num_workers=num_workers)
     attrs = {"split": split, "flip": flip, "model_file": str(model_path)}
-    with CAMWriter(out_h5, classes=list(ds.classes), scales=list(scales), stride=meta["stride"],
-                   checkpoint_sha256=file_sha256(model_path), extra_attrs=attrs) as writer:  # fmt: skip
+    # Photos come in many sizes and every scale makes new input shapes; cuDNN plans each new
+    # shape anew (0.4-6 s per shape measured on an H100, vs 0.04 s per photo for all 4 scales
+    # + flip with cuDNN off), so inference runs on PyTorch's own CUDA kernels.
+    with torch.backends.cudnn.flags(enabled=False), \
+            CAMWriter(out_h5, classes=list(ds.classes), scales=list(scales), stride=meta["stride"],
+                      checkpoint_sha256=file_sha256(model_path), extra_attrs=attrs) as writer:  # fmt: skip
         for images, indices in tqdm(loader, desc=f"CAMs {split}", mininterval=10, ascii=True):
             cams = multiscale_cams(model, images.to(device), scales, meta["mean"], meta["std"], flip).cpu()
             for cam, index in zip(cams, indices.tolist()):

@@ -43,8 +43,9 @@ class Augment:
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """(C, H, W) or (B, C, H, W) image in 0..1 -> network input."""
-    shape = (-1, 1, 1)
-    return (x - torch.tensor(mean, dtype=x.dtype).view(shape)) / torch.tensor(std, dtype=x.dtype).view(shape)
+    mean = torch.tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std = torch.tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x - mean) / std
 
 
 def random_crop(x: torch.Tensor, size: int) -> torch.Tensor:
