@@ -10,14 +10,7 @@ rule infer_cams:
     input:
         model=CLS_DIR / "model.pt",
         root=dataset_root(),
-        code=code(
-            "cams/infer.py",
-            "cams/store.py",
-            "train/classifier.py",
-            "models/backbones.py",
-            "models/cam_head.py",
-            "data/voc_layout.py",
-        ),
+        code=code("cams/infer.py"),
     output:
         CAM_DIR / f"{CAM_SPLIT}.h5",
     log:
@@ -43,7 +36,7 @@ rule evaluate_cams:
     input:
         cams=CAM_DIR / f"{CAM_SPLIT}.h5",
         root=dataset_root(),
-        code=code("cams/evaluate.py", "cams/store.py", "metrics.py", "results.py"),
+        code=code("cams/evaluate.py"),
     output:
         sweep=report(
             CAM_DIR / "eval" / "threshold_sweep.csv",

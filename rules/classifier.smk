@@ -10,15 +10,7 @@ rule train_classifier:
         # a gate (the dataset passed validation), not data: re-validating must not retrain
         dataset_summary=ancient(RESULTS / "data" / "dataset_summary.json"),
         root=dataset_root(),
-        code=code(
-            "train/classifier.py",
-            "train/checkpoint.py",
-            "train/devices.py",
-            "models/backbones.py",
-            "models/cam_head.py",
-            "data/transforms.py",
-            "data/voc_layout.py",
-        ),
+        code=code("train/classifier.py"),
     output:
         model=CLS_DIR / "model.pt",
         history=report(

@@ -1,6 +1,7 @@
 # Shared by every .smk file - validated config, result paths, and code-as-input.
 import os
 import re
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -8,6 +9,10 @@ import yaml
 from snakemake.utils import validate
 
 REPO = Path(workflow.basedir)
+sys.path.insert(
+    0, str(REPO)
+)  # wsss_core.workflow, also when Snakemake runs outside the venv
+from wsss_core.workflow import module_sources
 
 
 def check_config(cfg, schema_path):
@@ -37,18 +42,16 @@ BENCH = RESULTS / "benchmarks"
 
 
 def code(*modules):
-    """The wsss_core source files a rule runs, as inputs.
+    """The wsss_core files behind a step, as inputs - the given entry modules and all they import.
 
     Snakemake notices edits to a rule's own script but not to imported modules;
     listing them as inputs makes an edit rerun that stage and its downstream only.
     """
-    paths = []
-    for module in modules:
-        path = REPO / "wsss_core" / module
-        if not path.is_file():
-            raise WorkflowError(f"code(): wsss_core/{module} does not exist")
-        paths.append(os.path.relpath(path))
-    return paths
+    try:
+        sources = module_sources(REPO / "wsss_core", list(modules))
+    except FileNotFoundError as err:
+        raise WorkflowError(f"code(): {err}")
+    return [os.path.relpath(p) for p in sources]
 
 
 def dataset_root():

@@ -15,7 +15,7 @@ if DATASET["source"] == "demo":
     rule demo_dataset:
         """Generate the synthetic demo dataset (classes share bodies, differ by a small part)."""
         input:
-            code=code("data/demo.py", "data/voc_layout.py", "fileio.py"),
+            code=code("data/demo.py"),
         output:
             directory(dataset_root()),
         log:
@@ -65,7 +65,7 @@ rule extract_archive:
     """Extract safely (no paths escaping the target) into a folder that appears only when complete."""
     input:
         archive=lambda wc: DATA / "downloads" / EXTRACTED[wc.part],
-        code=code("data/download.py", "fileio.py"),
+        code=code("data/download.py"),
     output:
         directory(DATA / "extracted" / "{part}"),
     log:
@@ -91,7 +91,7 @@ if DATASET["source"] == "voc12":
         input:
             voc=VOC12["voc_root"] or DATA / "extracted" / "voc",
             sbd=VOC12["sbd_root"] or DATA / "extracted" / "sbd",
-            code=code("data/prepare_voc.py", "data/voc_layout.py", "fileio.py"),
+            code=code("data/prepare_voc.py"),
         output:
             directory(dataset_root()),
         log:
@@ -112,7 +112,7 @@ rule validate_dataset:
     """Check every image, mask and label of the splits used; fail listing every problem by file."""
     input:
         root=dataset_root(),
-        code=code("data/summary.py", "data/voc_layout.py", "fileio.py"),
+        code=code("data/summary.py"),
     output:
         summary=RESULTS / "data" / "dataset_summary.json",
         class_counts=report(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,9 +31,24 @@ def tiny_demo(tmp_path_factory) -> Path:
     return root
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run this repo's workflow in ``workdir`` (results, data and .snakemake stay there)."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "config", "rules", "workflow_scripts", "wsss_core", "envs", "report")
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A copy of the workflow and its code, for tests that edit code and watch what reruns."""
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True, repo: Path = REPO) -> subprocess.CompletedProcess:
+    """Run the workflow of ``repo`` (default: this one) in ``workdir`` (results, data, .snakemake stay there)."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),
            "--directory", str(workdir), *args]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     if check and proc.returncode != 0:

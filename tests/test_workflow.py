@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, run_snakemake, shared_dataset
+from conftest import REPO, copy_workflow, run_snakemake, shared_dataset
 from voc_archives import EXPECTED_TRAIN_AUG, FaultyServer, build_archives
+from wsss_core.workflow import module_sources
 
 TINY = ["--configfile", str(REPO / "config" / "tiny.yaml")]
 
@@ -37,7 +38,8 @@ def test_dry_run_of_default_config_lists_the_data_stage(tmp_path):
 
 
 def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
-    run_snakemake(tmp_path, "--cores", "2", *TINY)
+    repo = copy_workflow(tmp_path / "repo")  # a copy whose code this test edits
+    run_snakemake(tmp_path, "--cores", "2", *TINY, repo=repo)
     results = tmp_path / "results" / "demo_tiny"
     summary = json.loads((results / "data" / "dataset_summary.json").read_text())
     assert summary["label_source"] == "cls_labels.json"
@@ -57,18 +59,31 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     assert table[["stage", "method", "split"]].values.tolist() == [["cams", "cam", "train_aug"]]
     assert table["mIoU"][0] == pytest.approx(best["mIoU"], abs=0.01) and 0 < best["mIoU"] <= 100
 
-    assert "Nothing to be done" in run_snakemake(tmp_path, "-n", *TINY).stdout
+    def planned(*args):
+        return run_snakemake(tmp_path, "-n", "--quiet", "rules", *args, repo=repo).stdout
+
+    assert "Nothing to be done" in run_snakemake(tmp_path, "-n", *TINY, repo=repo).stdout
+    # Editing a module reruns the stages that import it (directly or not) and their downstream only.
+    with open(repo / "wsss_core" / "cams" / "evaluate.py", "a") as f:
+        f.write("# edited\n")
+    out = planned(*TINY)
+    assert "evaluate_cams" in out and "summary" in out
+    assert not any(r in out for r in ("demo_dataset", "validate_dataset", "train_classifier", "infer_cams"))
+    with open(repo / "wsss_core" / "models" / "backbones.py", "a") as f:
+        f.write("# edited\n")
+    out = planned(*TINY)
+    assert all(r in out for r in ("train_classifier", "infer_cams", "evaluate_cams"))
+    assert "demo_dataset" not in out and "validate_dataset" not in out
+    run_snakemake(tmp_path, "--cores", "2", "--touch", *TINY, repo=repo)  # accept the edits without rerunning
     # A changed demo parameter reruns generation and everything after it.
-    out = run_snakemake(tmp_path, "-n", "--quiet", "rules", *configs(tmp_path, "tiny.yaml", demo={"seed": 7})).stdout
+    out = planned(*configs(tmp_path, "tiny.yaml", demo={"seed": 7}))
     assert all(r in out for r in ("demo_dataset", "validate_dataset", "train_classifier", "infer_cams", "summary"))
     # A changed CAM parameter reruns CAM inference and what follows, not training or data.
-    out = run_snakemake(tmp_path, "-n", "--quiet", "rules",
-                        *configs(tmp_path, "tiny.yaml", cams={"scales": [1.0]})).stdout  # fmt: skip
+    out = planned(*configs(tmp_path, "tiny.yaml", cams={"scales": [1.0]}))
     assert all(r in out for r in ("infer_cams", "evaluate_cams", "summary"))
     assert not any(r in out for r in ("demo_dataset", "validate_dataset", "train_classifier"))
     # A changed evaluation split reruns validation only.
-    out = run_snakemake(tmp_path, "-n", "--quiet", "rules",
-                        *configs(tmp_path, "tiny.yaml", dataset={"eval_split": "train"})).stdout  # fmt: skip
+    out = planned(*configs(tmp_path, "tiny.yaml", dataset={"eval_split": "train"}))
     assert "validate_dataset" in out and "demo_dataset" not in out and "train_classifier" not in out
 
 
@@ -137,3 +152,25 @@ def test_voc12_stage_runs_in_the_dag_against_a_local_server(tmp_path):
     assert (tmp_path / "data" / "extracted" / "voc" / "VOCdevkit" / "VOC2012" / "JPEGImages").is_dir()
     assert not list((tmp_path / "data" / "downloads").glob("*.part"))
     assert "Nothing to be done" in run_snakemake(tmp_path, "-n", *configs(tmp_path, "voc12.yaml", voc12=voc12)).stdout
+
+
+def test_module_sources_follow_absolute_relative_and_cyclic_imports(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    files = {
+        "__init__.py": "VERSION = 1\n",
+        "a.py": "from pkg.sub import b\nimport numpy\n",
+        "sub/__init__.py": "",
+        "sub/b.py": "from ..c import thing\nfrom . import d\n",
+        "sub/d.py": "from pkg import VERSION\nimport pkg.sub.b\n",  # cycle back to b
+        "c.py": "thing = 1\n",
+        "unused.py": "",
+    }
+    for name, text in files.items():
+        (pkg / name).write_text(text)
+    found = [p.relative_to(pkg).as_posix() for p in module_sources(pkg, ["a.py"])]
+    assert found == ["__init__.py", "a.py", "c.py", "sub/__init__.py", "sub/b.py", "sub/d.py"]
+    with pytest.raises(FileNotFoundError, match="missing.py"):
+        module_sources(pkg, ["missing.py"])
+    real = {p.relative_to(REPO / "wsss_core").as_posix() for p in module_sources(REPO / "wsss_core", ["cams/infer.py"])}
+    assert {"models/backbones.py", "data/download.py", "fileio.py", "cams/store.py"} <= real

@@ -7,6 +7,7 @@ calls one function. :func:`logged` sends that function's output to the rule's
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import logging
 import sys
@@ -39,3 +40,47 @@ def logged(log_path: str | Path) -> Iterator[None]:
         finally:
             sys.stdout, sys.stderr = old_out, old_err
             root.removeHandler(handler)
+
+
+def module_sources(package_root: str | Path, entry_modules: list[str]) -> list[Path]:
+    """The .py files of ``entry_modules`` and of every package module they import, transitively.
+
+    ``entry_modules`` are paths relative to the package folder (``"cams/infer.py"``).
+    Snakemake reruns a rule when an input changes but does not see imported code, so
+    rules list these files as inputs: editing any module a stage runs reruns that stage.
+    Imports are parsed, not executed, so this costs milliseconds when the workflow is parsed.
+    """
+    package_root = Path(package_root)
+
+    def resolve(dotted: str) -> Path | None:
+        parts = dotted.split(".")
+        if parts[0] != package_root.name:
+            return None
+        base = package_root.joinpath(*parts[1:])
+        candidates = ([base.with_suffix(".py")] if len(parts) > 1 else []) + [base / "__init__.py"]
+        return next((c for c in candidates if c.is_file()), None)
+
+    seen: dict[Path, None] = {}
+    todo = [package_root / m for m in entry_modules]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such module in {package_root}")
+        seen[path] = None
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level:  # relative import: ".x" is a sibling, "..x" one package up
+                    package = path.relative_to(package_root.parent).parent.parts
+                    package = package[: len(package) - node.level + 1]
+                    module = ".".join(package + ((module,) if module else ()))
+                # "from a.b import c": c may be a submodule (a/b/c.py) or a name in a/b.py
+                targets = [module] + [f"{module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                continue
+            todo += [p for p in map(resolve, targets) if p is not None]
+    return sorted(seen)
