@@ -15,11 +15,10 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
-from wsss_core.cams.evaluate import evaluate_cams
+from wsss_core.cams.evaluate import evaluate_cams, threshold_grid
 from wsss_core.cams.infer import infer_cams
 from wsss_core.train.classifier import train_classifier
 
@@ -63,7 +62,7 @@ def main() -> None:
     t = c["eval_thresholds"]
     start = time.perf_counter()
     best = evaluate_cams(out / "cams.h5", root, split,
-                         thresholds=np.round(np.arange(t["min"], t["max"] + t["step"] / 2, t["step"]), 6),
+                         thresholds=threshold_grid(t["min"], t["max"], t["step"]),
                          out_csv=out / "sweep.csv", out_png=out / "sweep.png", out_best_json=out / "best.json",
                          out_per_class_csv=out / "per_class.csv", method=cfg["classifier"]["method"],
                          summary_row_csv=out / "row.csv")  # fmt: skip

@@ -4,7 +4,7 @@
 rule summary:
     """Concatenate the stages' summary rows into results/<name>/summary.csv."""
     input:
-        rows=[RESULTS / "summary_rows" / f"cams_{CLS['method']}.csv"],
+        rows=[rules.evaluate_cams.output.summary_row],
         code=code("results.py"),
     output:
         report(

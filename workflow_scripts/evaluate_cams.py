@@ -1,7 +1,5 @@
 """Rule evaluate_cams: background-threshold sweep of CAM mIoU against the masks."""
-import numpy as np
-
-from wsss_core.cams.evaluate import evaluate_cams
+from wsss_core.cams.evaluate import evaluate_cams, threshold_grid
 from wsss_core.workflow import logged
 
 with logged(snakemake.log[0]):
@@ -11,7 +9,7 @@ with logged(snakemake.log[0]):
         snakemake.input.cams,
         snakemake.input.root,
         snakemake.params.split,
-        thresholds=np.round(np.arange(t["min"], t["max"] + t["step"] / 2, t["step"]), 6),
+        thresholds=threshold_grid(t["min"], t["max"], t["step"]),
         out_csv=out.sweep,
         out_png=out.plot,
         out_best_json=out.best,

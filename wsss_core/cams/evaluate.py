@@ -33,7 +33,14 @@ from wsss_core.fileio import atomic_file, write_text
 from wsss_core.metrics import miou, per_class_table
 from wsss_core.results import write_summary_rows
 
-DEFAULT_THRESHOLDS = np.round(np.arange(0.0, 0.61, 0.01), 2)
+
+
+def threshold_grid(lo: float, hi: float, step: float) -> np.ndarray:
+    """Thresholds lo, lo + step, ..., hi (inclusive), rounded so 0.07 is 0.07, not 0.07000000000000001."""
+    return np.round(np.arange(lo, hi + step / 2, step), 6)
+
+
+DEFAULT_THRESHOLDS = threshold_grid(0.0, 0.6, 0.01)
 
 
 def cam_labels(cams: np.ndarray, class_ids: Sequence[int], threshold: float) -> np.ndarray:

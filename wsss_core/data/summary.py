@@ -33,8 +33,9 @@ def summarize_dataset(
     start = time.perf_counter()
     ds = VOCDataset(root)
     # Training needs image labels only (masks optional); evaluation needs masks.
-    problems = ds.validate([train_split], require_masks=False, workers=workers)
-    problems += ds.validate([eval_split], require_masks=True, workers=workers)
+    problems = ds.validate([train_split], require_masks=train_split == eval_split, workers=workers)
+    if eval_split != train_split:
+        problems += ds.validate([eval_split], require_masks=True, workers=workers)
     if problems:
         raise DatasetError(ds.root, list(dict.fromkeys(problems)))
 
