@@ -15,6 +15,9 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/classifier.smk"
 include: "rules/cams.smk"
+include: "rules/pseudo_labels.smk"
+include: "rules/segmentation.smk"
+include: "rules/report.smk"
 include: "rules/summary.smk"
 
 
@@ -23,3 +26,4 @@ rule all:
     input:
         dataset_summary=RESULTS / "data" / "dataset_summary.json",
         summary=RESULTS / "summary.csv",
+        overlays=rules.overlays.output[0],

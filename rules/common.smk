@@ -64,3 +64,16 @@ def dataset_root():
         return root
     # demo and voc12 datasets are built by rules in data.smk under data_dir/<name>
     return DATA / DATASET["name"]
+
+
+# The segmentation network trained on the GT masks (the upper bound) runs under this name.
+REFERENCE = "fully_supervised"
+
+
+def segmentation_labels(wildcards):
+    """What a segmentation network learns from: the pseudo-label folder of the classifier method
+    named by the wildcard, or nothing for the reference, whose GT masks are part of the dataset.
+    """
+    if wildcards.labels == REFERENCE:
+        return []
+    return rules.make_pseudo_labels.output[0]

@@ -2,9 +2,13 @@
 
 
 rule summary:
-    """Concatenate the stages' summary rows into results/<name>/summary.csv."""
+    """Concatenate the stages' summary rows into results/<name>/summary.csv, in pipeline order."""
     input:
-        rows=[rules.evaluate_cams.output.summary_row],
+        rows=[
+            rules.evaluate_cams.output.summary_row,
+            rules.evaluate_pseudo_labels.output.summary_row,
+            *expand(rules.evaluate_segmentation.output.summary_row, labels=SEG_RUNS),
+        ],
         code=code("results.py"),
     output:
         report(
@@ -22,5 +26,8 @@ rule summary:
     resources:
         mem_mb=500,
         runtime=5,
+    params:
+        # every row on the reference's split also reads as a percentage of its mIoU
+        reference=REFERENCE if EVAL["fully_supervised"] else None,
     script:
         "../workflow_scripts/summary.py"

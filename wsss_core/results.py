@@ -7,6 +7,10 @@ Columns: ``stage, method, split, mIoU`` always, then any extras a stage adds
 (``threshold``, ``coverage``, ``images``, ...), empty where a stage has none.
 ``mIoU`` is a percentage (0-100) stored as a float rounded to 2 decimals, as papers
 report it; each stage's own outputs keep full precision.
+
+With a ``reference`` method (the network trained on the ground-truth masks), rows on the
+reference's split gain ``pct_of_fully_supervised`` = 100 * mIoU / the reference's mIoU: how
+much of the fully-supervised upper bound the weak labels reach with the same budget.
 """
 
 from __future__ import annotations
@@ -46,8 +50,27 @@ def write_summary_rows(path: str | os.PathLike, rows: list[dict]) -> pd.DataFram
     return table
 
 
-def collect_summary(row_csvs: Sequence[str | os.PathLike], out_csv: str | os.PathLike) -> pd.DataFrame:
-    """Concatenate row files, in the order given (the pipeline's stage order), into ``out_csv``."""
+REFERENCE_COLUMN = "pct_of_fully_supervised"
+
+
+def add_reference_ratio(table: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Add :data:`REFERENCE_COLUMN` relative to the one row whose method is ``reference``."""
+    ref = table[table["method"] == reference]
+    if len(ref) != 1:
+        raise ValueError(f"summary: expected one row of the reference method '{reference}', found {len(ref)}")
+    ref_miou, ref_split = float(ref["mIoU"].iloc[0]), ref["split"].iloc[0]
+    same_split = table["split"] == ref_split
+    table = table.copy()
+    table[REFERENCE_COLUMN] = (100 * table["mIoU"] / ref_miou).where(same_split & (ref_miou > 0)).round(1)
+    return table
+
+
+def collect_summary(row_csvs: Sequence[str | os.PathLike], out_csv: str | os.PathLike,
+                    reference: str | None = None) -> pd.DataFrame:  # fmt: skip
+    """Concatenate row files, in the order given (the pipeline's stage order), into ``out_csv``.
+
+    ``reference``: the method of the fully-supervised row, see the module docstring.
+    """
     frames = []
     for path in map(Path, row_csvs):
         if not path.is_file():
@@ -59,6 +82,8 @@ def collect_summary(row_csvs: Sequence[str | os.PathLike], out_csv: str | os.Pat
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame(columns=list(REQUIRED))
     table = _ordered(table)
+    if reference is not None:
+        table = add_reference_ratio(table, reference)
     with atomic_file(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     return table

@@ -1,0 +1,295 @@
+"""Segmentation training (GT masks or pseudo-label PNGs, void pixels, resume), joint augmentation, loop helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from wsss_core.data.joint_transforms import JointAugment
+from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset, voc_palette
+from wsss_core.fileio import save_label_png
+from wsss_core.models.deeplab import SEG_ARCH_KEYS, build_segmenter
+from wsss_core.train import segmentation as segmentation_module
+from wsss_core.train.checkpoint import seed_everything
+from wsss_core.train.loop import StateBundle, poly_lambda, write_history_csv
+from wsss_core.train.segmentation import load_segmenter, segmentation_loss, train_segmentation
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+def seg_cfg(**changes) -> dict:
+    """A `segmentation` config section small enough for seconds-long CPU runs on the tiny demo."""
+    cfg = dict(model="deeplab_v3plus", backbone="efficientnet_lite0", weights="random", weights_dir=None,
+               output_stride=16, aspp_channels=32, frozen_bn=True, epochs=2, batch_size=8, lr=0.01,
+               new_layer_lr_mult=10, momentum=0.9, weight_decay=1e-4, poly_power=0.9, crop_size=48,
+               scale_range=[0.75, 1.25], flip=True, color_jitter=0.2, num_workers=0, seed=0, amp=False)  # fmt: skip
+    cfg.update(changes)
+    return cfg
+
+
+def outputs(tmp_path, name: str) -> dict:
+    return dict(out_model=tmp_path / f"{name}.pt", out_history_csv=tmp_path / f"{name}.csv",
+                checkpoint_dir=tmp_path / f"ck_{name}")  # fmt: skip
+
+
+def write_labels(folder, ids, make) -> None:
+    for image_id in ids:
+        save_label_png(folder / f"{image_id}.png", make(image_id), voc_palette())
+
+
+# ------------------------------------------------------------------ training
+
+
+def test_trains_resumes_after_a_kill_and_round_trips(tmp_path, tiny_demo, monkeypatch):
+    cfg = seg_cfg()
+    built = []
+    real_build = segmentation_module.build_segmenter
+
+    def build_and_keep(*args, **kwargs):
+        built.append(real_build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(segmentation_module, "build_segmenter", build_and_keep)
+    summary = train_segmentation(tiny_demo, "train", cfg, **outputs(tmp_path, "a"))
+    assert summary["epochs"] == 2 and np.isfinite(summary["final_loss"]) and 0 <= summary["final_pixel_acc"] <= 1
+    history = (tmp_path / "a.csv").read_text().splitlines()
+    assert history[0] == "epoch,loss,pixel_acc,lr,seconds" and len(history) == 3
+    assert not (tmp_path / "ck_a" / "last.pt").exists()  # superseded by the finished model
+
+    # Round trip: the loaded model computes exactly what the trained one computed.
+    model, meta = load_segmenter(tmp_path / "a.pt")
+    assert not model.training and meta["labels"] == "gt" and meta["split"] == "train" and meta["config"] == cfg
+    assert meta["arch"] == {"model": "deeplab_v3plus", "backbone": "efficientnet_lite0", "output_stride": 16,
+                            "aspp_channels": 32} and meta["classes"] == list(VOCDataset(tiny_demo).classes)  # fmt: skip
+    assert meta["stride"] == 16 and meta["mean"] == list(model.mean)
+    x = torch.randn(2, 3, 40, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), built[0].eval()(x), rtol=0, atol=0)
+
+    # Same run, killed right after the first epoch's checkpoint, then started again.
+    real_save = segmentation_module.save_checkpoint
+
+    def save_then_die(path, **kw):
+        real_save(path, **kw)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(segmentation_module, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_segmentation(tiny_demo, "train", cfg, **outputs(tmp_path, "b"))
+    assert (tmp_path / "ck_b" / "last.pt").exists() and not (tmp_path / "b.pt").exists()
+    monkeypatch.setattr(segmentation_module, "save_checkpoint", real_save)
+    train_segmentation(tiny_demo, "train", cfg, **outputs(tmp_path, "b"))
+
+    b, _ = load_segmenter(tmp_path / "b.pt")
+    for (name, pa), pb in zip(model.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=f"{name} differs after resume")
+    losses = [[row.split(",")[:3] for row in (tmp_path / f"{n}.csv").read_text().splitlines()] for n in "ab"]
+    assert losses[0] == losses[1]
+
+
+def colour_dataset(root, n=8, size=40):
+    """An easy dataset: a red (class 1) or blue (class 2) disc on grey, the mask exactly the disc."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    colours = np.array([[40, 40, 40], [220, 60, 60], [60, 60, 220]], np.uint8)
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for i in range(n):
+        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+        label = np.where((yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(6, 12) ** 2, 1 + i % 2, 0).astype(np.uint8)
+        Image.fromarray(colours[label]).save(root / "JPEGImages" / f"d{i}.jpg", quality=95)
+        save_label_png(root / "SegmentationClass" / f"d{i}.png", label, voc_palette())
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(f"d{i}" for i in range(n)))
+    (root / "classes.txt").write_text("background\nred\nblue\n")
+    return root
+
+
+def test_loss_drops_below_the_label_prior_on_an_easy_setup(tmp_path):
+    root = colour_dataset(tmp_path / "discs")
+    ds = VOCDataset(root)
+    pixels = np.concatenate([ds.load_mask(i).ravel() for i in ds.ids("train")])
+    share = np.bincount(pixels, minlength=3) / pixels.size
+    prior_entropy = -(share * np.log(share)).sum()  # the loss of a net that ignores the image
+    # ImageNet EfficientNet-Lite0 (offline, from its package), no augmentation
+    cfg = seg_cfg(weights="imagenet", epochs=6, batch_size=2, crop_size=40, scale_range=[1.0, 1.0], flip=False,
+                  color_jitter=0.0, lr=0.02, weight_decay=0.0)  # fmt: skip
+    train_segmentation(root, "train", cfg, **outputs(tmp_path, "easy"))
+    rows = [line.split(",") for line in (tmp_path / "easy.csv").read_text().splitlines()[1:]]
+    loss, acc = [float(r[1]) for r in rows], [float(r[2]) for r in rows]
+    # below the prior: the net reads the pixels, it has not merely learnt "mostly background"
+    assert loss[-1] < 0.6 * prior_entropy < loss[0] and acc[-1] > share[0] + 0.01, (loss, acc, prior_entropy)
+    assert float(rows[-1][3]) < float(rows[0][3])  # poly decay
+
+
+def test_pseudo_label_pngs_and_void_pixels(tmp_path, tiny_demo):
+    ds = VOCDataset(tiny_demo)
+    ids = ds.ids("val")
+
+    def with_void(image_id):
+        mask = ds.load_mask(image_id).copy()
+        mask[:20] = IGNORE_INDEX  # a pseudo label's "don't know" band
+        return mask
+
+    write_labels(tmp_path / "pseudo", ids, with_void)
+    cfg = seg_cfg(epochs=1, batch_size=5)
+    train_segmentation(tiny_demo, "val", cfg, label_dir=tmp_path / "pseudo", **outputs(tmp_path, "p"))
+    _, meta = load_segmenter(tmp_path / "p.pt")
+    assert meta["labels"] == str(tmp_path / "pseudo")
+
+    # All-void labels teach nothing: loss 0, no accuracy, and without weight decay the weights never move.
+    write_labels(tmp_path / "void", ids, lambda i: np.full(ds.load_mask(i).shape, IGNORE_INDEX, np.uint8))
+    cfg = seg_cfg(epochs=1, batch_size=5, weight_decay=0.0)
+    summary = train_segmentation(tiny_demo, "val", cfg, label_dir=tmp_path / "void", **outputs(tmp_path, "v"))
+    assert summary["final_loss"] == 0.0 and np.isnan(summary["final_pixel_acc"])
+    trained, _ = load_segmenter(tmp_path / "v.pt")
+    seed_everything(cfg["seed"])  # what train_segmentation builds before its first step
+    fresh = build_segmenter({k: cfg[k] for k in SEG_ARCH_KEYS}, ds.num_classes)
+    for (name, p), q in zip(fresh.named_parameters(), trained.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=f"{name} moved on void labels")
+
+
+def test_void_pixels_do_not_contribute_to_the_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 6, 7, requires_grad=True)
+    labels = torch.randint(0, 4, (2, 6, 7))
+    labels[0, :3] = IGNORE_INDEX
+    loss, correct, valid = segmentation_loss(logits, labels)
+    keep = labels != IGNORE_INDEX
+    expected = F.cross_entropy(logits.permute(0, 2, 3, 1)[keep], labels[keep])
+    torch.testing.assert_close(loss, expected)
+    assert valid == int(keep.sum()) and correct == int(((logits.argmax(1) == labels) & keep).sum())
+    loss.backward()
+    assert logits.grad.permute(0, 2, 3, 1)[~keep].abs().max() == 0 and logits.grad.abs().max() > 0
+
+    logits.grad = None
+    loss, correct, valid = segmentation_loss(logits, torch.full_like(labels, IGNORE_INDEX))
+    loss.backward()
+    assert loss.item() == 0.0 and (correct, valid) == (0, 0) and logits.grad.abs().max() == 0
+
+
+def test_label_problems_name_the_file_before_training(tmp_path, tiny_demo):
+    ds = VOCDataset(tiny_demo)
+    ids = ds.ids("val")
+    write_labels(tmp_path / "pseudo", ids[1:], ds.load_mask)
+    with pytest.raises(FileNotFoundError, match=f"{ids[0]}.png"):
+        train_segmentation(tiny_demo, "val", seg_cfg(), label_dir=tmp_path / "pseudo", **outputs(tmp_path, "m"))
+    assert not (tmp_path / "ck_m").exists() and not (tmp_path / "m.pt").exists()
+
+    write_labels(tmp_path / "pseudo", ids[:1], lambda i: np.full(ds.load_mask(i).shape, ds.num_classes, np.uint8))
+    with pytest.raises(ValueError, match=f"{ids[0]}.png"):  # a class id the dataset does not have
+        train_segmentation(tiny_demo, "val", seg_cfg(batch_size=10), label_dir=tmp_path / "pseudo",
+                           **outputs(tmp_path, "m"))  # fmt: skip
+    with pytest.raises(ValueError, match="segmentation.poly_power"):
+        train_segmentation(tiny_demo, "val", {k: v for k, v in seg_cfg().items() if k != "poly_power"},
+                           **outputs(tmp_path, "m"))  # fmt: skip
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="AMP runs on CUDA only")
+def test_amp_on_cuda_trains_finite(tmp_path, tiny_demo):
+    cfg = seg_cfg(amp=True, epochs=1)
+    summary = train_segmentation(tiny_demo, "train", cfg, device="cuda", **outputs(tmp_path, "amp"))
+    assert np.isfinite(summary["final_loss"])
+
+
+# ------------------------------------------------------------------ joint augmentation
+
+CLASS_COLOURS = torch.tensor([[0.1, 0.2, 0.9], [0.9, 0.1, 0.2], [0.2, 0.9, 0.1], [0.8, 0.8, 0.1], [0.5, 0.5, 0.5]])
+
+
+def coded_pair(h=37, w=53):
+    """A label map of large asymmetric blocks (incl. a void block) and an image whose colour is its label."""
+    label = np.zeros((h, w), np.uint8)
+    label[: h // 3, : w // 2] = 1
+    label[h // 3 :, w // 3 : 2 * w // 3] = 2
+    label[2 * h // 3 :, 2 * w // 3 :] = 3
+    label[:8, -10:] = IGNORE_INDEX
+    colours = CLASS_COLOURS[torch.from_numpy(np.where(label == IGNORE_INDEX, 4, label).astype(np.int64))]
+    return (colours.numpy() * 255).round().astype(np.uint8), label
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_joint_augment_keeps_image_and_label_aligned(seed):
+    image, label = coded_pair()
+    aug = JointAugment(48, (0.6, 1.6), MEAN, STD, flip=True, color_jitter=0.0)
+    torch.manual_seed(seed)
+    x, y = aug(image, label)
+    assert x.shape == (3, 48, 48) and x.dtype == torch.float32 and y.shape == (48, 48) and y.dtype == torch.int64
+    rgb = x * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
+    # interior pixels (a 5x5 neighbourhood of one label) carry exactly their label's colour
+    padded = F.pad(y[None, None].float(), (2, 2, 2, 2), value=-1)
+    uniform = (F.max_pool2d(padded, 5, 1) == -F.max_pool2d(-padded, 5, 1))[0, 0]
+    pad = (x == 0).all(0)  # mean colour: padding
+    for cls in range(4):
+        inside = uniform & (y == cls) & ~pad
+        if inside.any():
+            err = (rgb[:, inside] - CLASS_COLOURS[cls][:, None]).abs().max()
+            assert err < 0.02, f"class {cls} pixels have the wrong colour ({err:.3f}): image and label misaligned"
+    void_inside = uniform & (y == IGNORE_INDEX) & ~pad
+    assert torch.allclose(rgb[:, void_inside], CLASS_COLOURS[4][:, None], atol=0.02)
+    assert (y[pad] == IGNORE_INDEX).all()  # padding is void, never background
+
+
+@pytest.mark.parametrize("scale", [0.6, 1.7])
+def test_labels_are_resized_like_pil_nearest(scale):
+    label = np.random.default_rng(0).integers(0, 5, (37, 53)).astype(np.uint8)
+    image = np.zeros((*label.shape, 3), np.uint8)
+    size = (round(37 * scale), round(53 * scale))
+    aug = JointAugment(max(size), (scale, scale), MEAN, STD, flip=False)
+    _, y = aug(image, label)
+    top, left = [int(i.min()) for i in (y != IGNORE_INDEX).nonzero(as_tuple=True)]
+    expected = np.asarray(Image.fromarray(label).resize(size[::-1], Image.NEAREST))
+    np.testing.assert_array_equal(y[top : top + size[0], left : left + size[1]].numpy(), expected)
+
+
+def test_joint_augment_flips_scales_pads_and_repeats_under_a_seed():
+    image, label = coded_pair()
+    aug = JointAugment(64, (0.5, 0.5), MEAN, STD, flip=True, color_jitter=0.3)
+    seen_corner = set()
+    for seed in range(6):
+        torch.manual_seed(seed)
+        x, y = aug(image, label)
+        torch.manual_seed(seed)
+        x2, y2 = aug(image, label)
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+        content = y != IGNORE_INDEX
+        rows, cols = content.any(1).nonzero(), content.any(0).nonzero()
+        # the 37 x 53 image at half size (round(18.5), round(26.5)) on a 64 px canvas padded with void
+        assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == (18, 26)
+        assert (x[:, y == IGNORE_INDEX] == 0).all(0).sum() == 64 * 64 - 18 * 26
+        # top-left corner: class 1 as drawn, the void block when flipped
+        seen_corner.add(int(y[rows.min(), cols.min()]))
+    assert seen_corner == {1, IGNORE_INDEX}
+    with pytest.raises(ValueError, match="scale_range"):
+        JointAugment(64, (1.5, 0.5), MEAN, STD)
+
+
+# ------------------------------------------------------------------ loop helpers
+
+
+def test_poly_schedule_and_history_csv(tmp_path):
+    f = poly_lambda(100, 0.9)
+    assert f(0) == 1.0 and f(100) == 0.0 and f(150) == 0.0 and f(50) == pytest.approx(0.5**0.9)
+    write_history_csv(tmp_path / "h.csv", [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}])
+    assert (tmp_path / "h.csv").read_text().splitlines() == ["epoch,loss", "1,0.5", "2,0.25"]
+    assert [p.name for p in tmp_path.iterdir()] == ["h.csv"]  # no temporary left behind
+    with pytest.raises(ValueError, match="h2.csv"):
+        write_history_csv(tmp_path / "h2.csv", [])
+
+
+def test_state_bundle_round_trips_and_skips_empty_states():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lambda(10, 1.0))
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    state = StateBundle(scheduler=sched, scaler=scaler).state_dict()
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, poly_lambda(10, 1.0))
+    StateBundle(scheduler=sched2, scaler=torch.amp.GradScaler("cuda", enabled=False)).load_state_dict(state)
+    assert sched2.last_epoch == 3
+    with pytest.raises(KeyError, match="scaler"):
+        StateBundle(scheduler=sched2, scaler=scaler).load_state_dict({"scheduler": state["scheduler"]})

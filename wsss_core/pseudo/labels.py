@@ -1,0 +1,159 @@
+"""CAMs -> pseudo-label PNGs: IRN's "confident regions" recipe.
+
+A single threshold on the CAMs forces a decision on every pixel, including the
+band around each object where the CAM is neither clearly on nor clearly off. Like
+IRN, we take two label maps instead: a strict one at ``threshold + fg_margin``
+(its foreground is confident foreground) and a lenient one at
+``threshold - bg_margin`` (its background is confident background). Each is
+optionally refined by a dense CRF restricted to the image's own labels. Pixels
+that are foreground in the strict map keep its class; pixels that are background
+in both maps are background (0); everything between is void (255), so training
+on the result ignores the uncertain band rather than learning a guess.
+
+Reads the CAM store (:mod:`wsss_core.cams.store`), writes one palette PNG per image
+of the split into a folder that appears only when every image is done.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from wsss_core.cams.evaluate import cam_labels
+from wsss_core.cams.store import CAMReader
+from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset, voc_palette
+from wsss_core.fileio import atomic_dir, save_label_png
+from wsss_core.pseudo.crf import crf_labels
+
+
+def _check_thresholds(threshold: float, fg_margin: float, bg_margin: float) -> None:
+    for name, value in (("threshold", threshold), ("fg_margin", fg_margin), ("bg_margin", bg_margin)):
+        if not np.isfinite(value) or value < 0:
+            raise ValueError(f"pseudo labels: {name} must be a finite number >= 0, got {value!r}")
+
+
+def zone_cuts(threshold: float, fg_margin: float, bg_margin: float) -> tuple[float, float]:
+    """(foreground cut, background cut) = (threshold + fg_margin, max(threshold - bg_margin, 0)).
+
+    Rounded to 6 decimals like :func:`wsss_core.cams.evaluate.threshold_grid`, so 0.3 - 0.1 cuts at
+    0.2 as configured and not at 0.19999999999999998 (a CAM value of exactly 0.2 is then background).
+    """
+    _check_thresholds(threshold, fg_margin, bg_margin)
+    return round(threshold + fg_margin, 6), round(max(threshold - bg_margin, 0.0), 6)
+
+
+def pseudo_label(
+    image: np.ndarray,
+    cams: np.ndarray,
+    class_ids: Sequence[int],
+    *,
+    threshold: float,
+    fg_margin: float,
+    bg_margin: float,
+    crf: dict | None,
+) -> np.ndarray:
+    """(H, W) uint8 pseudo label: class ids where confident, 0 for confident background, 255 between.
+
+    ``cams`` (K, H, W) in [0, 1] for the K ``class_ids`` of the image, ``image`` (H, W, 3)
+    uint8 (used by the CRF only). ``crf``: CRF params (see :mod:`wsss_core.pseudo.crf`) or
+    None for none. An image without class ids is all background.
+    """
+    fg_cut, bg_cut = zone_cuts(threshold, fg_margin, bg_margin)
+    cams = np.asarray(cams)
+    class_ids = [int(c) for c in class_ids]
+    if cams.ndim != 3 or cams.shape[0] != len(class_ids) or cams.shape[1:] != np.shape(image)[:2]:
+        raise ValueError(f"pseudo labels: CAMs of shape {cams.shape} for {len(class_ids)} class id(s) "
+                         f"and an image of shape {np.shape(image)}; expected (K, H, W) at image size")  # fmt: skip
+    if not class_ids:
+        return np.zeros(cams.shape[1:], np.uint8)
+    fg = cam_labels(cams, class_ids, fg_cut)
+    bg = cam_labels(cams, class_ids, bg_cut)
+    if crf is not None:
+        label_set = [0, *class_ids]
+        fg = crf_labels(image, fg, label_set, crf)
+        bg = crf_labels(image, bg, label_set, crf)
+    out = fg.copy()
+    out[fg == 0] = IGNORE_INDEX
+    out[(fg == 0) & (bg == 0)] = 0
+    return out
+
+
+def _label_images(cam_h5: str, root: str, ids: list[str], out_dir: str, *, threshold, fg_margin, bg_margin, crf) -> int:
+    """Write the pseudo labels of ``ids``; opens its own reader (HDF5 handles must not cross forks)."""
+    dataset, palette = VOCDataset(root), voc_palette()
+    with CAMReader(cam_h5) as reader:
+        for image_id in ids:
+            cams, class_ids = reader.read(image_id)
+            image = dataset.load_image(image_id)
+            if cams.shape[1:] != image.shape[:2]:
+                raise ValueError(
+                    f"{reader.path}: image '{image_id}': CAMs are {cams.shape[1:]} (H, W) but the image "
+                    f"{dataset.image_path(image_id)} is {image.shape[:2]}; CAMs must be stored at image resolution"
+                )
+            labels = pseudo_label(image, cams, class_ids, threshold=threshold, fg_margin=fg_margin,
+                                  bg_margin=bg_margin, crf=crf)  # fmt: skip
+            save_label_png(Path(out_dir) / f"{image_id}.png", labels, palette)
+    return len(ids)
+
+
+def _check_store(cam_h5: Path, dataset: VOCDataset, ids: Sequence[str]) -> None:
+    """Class list and coverage of the split, checked before any work (and closed again before any fork)."""
+    with CAMReader(cam_h5) as reader:
+        if list(reader.classes) != list(dataset.classes):
+            raise ValueError(f"{cam_h5}: CAMs of classes {list(reader.classes)}, dataset has {list(dataset.classes)}")
+        missing = [i for i in ids if i not in reader]
+    if missing:
+        raise ValueError(f"{cam_h5}: no CAMs for {len(missing)} image(s) of the split, e.g. {missing[:5]}")
+
+
+def make_pseudo_labels(
+    cam_h5: str | os.PathLike,
+    dataset_root: str | os.PathLike,
+    split: str,
+    out_dir: str | os.PathLike,
+    *,
+    threshold: float,
+    fg_margin: float,
+    bg_margin: float,
+    crf: dict | None,
+    workers: int = 1,
+) -> dict:
+    """Write ``<out_dir>/<id>.png`` (VOC palette, 255 = void) for every image of ``split``.
+
+    ``out_dir`` is replaced as a whole, atomically: a crash leaves the old folder or none.
+    ``workers > 1`` spreads the images over forked processes (fork, not spawn: Snakemake
+    scripts have no ``__main__`` guard); the output does not depend on ``workers``.
+    Returns ``{"images", "threshold", "fg_threshold", "bg_threshold", "crf", "seconds"}``.
+    """
+    start = time.perf_counter()
+    fg_cut, bg_cut = zone_cuts(threshold, fg_margin, bg_margin)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    cam_h5, dataset = Path(cam_h5), VOCDataset(dataset_root)
+    ids = dataset.ids(split)
+    _check_store(cam_h5, dataset, ids)
+    settings = dict(threshold=threshold, fg_margin=fg_margin, bg_margin=bg_margin, crf=crf)
+    with atomic_dir(out_dir) as tmp:
+        task = partial(_label_images, str(cam_h5), str(dataset.root), out_dir=str(tmp), **settings)
+        if workers > 1 and len(ids) > 1:
+            # Several chunks per worker so one slow chunk (big images, many classes) does not idle the rest.
+            chunks = [list(c) for c in np.array_split(np.asarray(ids, dtype=object), 4 * workers) if len(c)]
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                done = sum(pool.map(task, chunks))
+        else:
+            done = task(ids)
+    return {
+        "images": done,
+        "threshold": float(threshold),
+        "fg_threshold": fg_cut,
+        "bg_threshold": bg_cut,
+        "crf": crf is not None,
+        "seconds": round(time.perf_counter() - start, 3),
+    }

@@ -1,0 +1,98 @@
+"""Pieces every training stage shares: poly schedule, SGD with a new-layer rate, AMP steps, history CSV.
+
+Each trainer (classifier, segmentation, ...) keeps its own loop, data and loss; what is
+here has no idea what is being trained. Mixed precision is CUDA-only: on the CPU,
+``autocast`` and the gradient scaler are disabled and a step is a plain fp32 step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+
+import torch
+from torch import nn
+
+from wsss_core.fileio import write_text
+
+
+def poly_lambda(total_steps: int, power: float):
+    """LambdaLR factor ``(1 - step / total_steps) ** power``, 0 from ``total_steps`` on (DeepLab's "poly")."""
+    return lambda step: max(0.0, 1.0 - step / total_steps) ** power
+
+
+def sgd_two_groups(pretrained: list[nn.Parameter], new: list[nn.Parameter], *, lr: float, new_layer_lr_mult: float,
+                   momentum: float, weight_decay: float) -> torch.optim.SGD:  # fmt: skip
+    """SGD with momentum; layers trained from scratch (``new``) at ``new_layer_lr_mult`` times ``lr``."""
+    groups = [{"params": pretrained, "lr": lr}, {"params": new, "lr": lr * new_layer_lr_mult}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The DataLoader generator of one epoch: order and worker seeds depend on (seed, epoch) only,
+    so an epoch run after a resume draws exactly what it drew in an uninterrupted run."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def amp_enabled(device: torch.device, amp: bool) -> bool:
+    """Mixed precision only where it pays and is supported here: CUDA."""
+    return bool(amp) and device.type == "cuda"
+
+
+def autocast(device: torch.device, amp: bool):
+    """fp16 autocast on CUDA when ``amp``; a no-op context elsewhere."""
+    if amp_enabled(device, amp):
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 gradients; a disabled scaler (scale() and step() pass through) without AMP."""
+    return torch.amp.GradScaler("cuda", enabled=amp_enabled(device, amp))
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   scheduler=None) -> None:  # fmt: skip
+    """Backward ``loss`` and take one (scaled) optimizer step, then one scheduler step."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
+    scaler.update()
+    if scheduler is not None:
+        scheduler.step()
+
+
+class StateBundle:
+    """Several ``state_dict`` owners checkpointed in one slot (e.g. a scheduler and a gradient scaler).
+
+    ``train.checkpoint.save_checkpoint`` has one slot for schedule state; bundling keeps the
+    scaler's loss scale across a resume without a second checkpoint format. Owners whose
+    state is empty (a disabled scaler) are skipped on load, so a CPU checkpoint resumes on CUDA.
+    """
+
+    def __init__(self, **owners):
+        self.owners = owners
+
+    def state_dict(self) -> dict:
+        return {name: owner.state_dict() for name, owner in self.owners.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = sorted(set(self.owners) - set(state))
+        if missing:
+            raise KeyError(f"checkpoint state lacks {missing} (has {sorted(state)})")
+        for name, owner in self.owners.items():
+            if state[name]:
+                owner.load_state_dict(state[name])
+
+
+def write_history_csv(path: str | os.PathLike, history: list[dict]) -> None:
+    """One row per epoch, columns in the order of the first record's keys (written atomically)."""
+    if not history:
+        raise ValueError(f"{path}: no epochs to write (empty training history)")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    write_text(path, buffer.getvalue())

@@ -1,0 +1,213 @@
+"""Final stage: train a DeepLab segmenter on pseudo labels (or on the ground-truth masks, as an upper bound).
+
+Per-pixel cross-entropy over the classes incl. background, with 255 (void: pseudo-label
+"don't know" regions, mask borders, crop padding) excluded; SGD with momentum, poly LR per
+step, heads (and VGG's fc6/fc7) at ``new_layer_lr_mult`` times the backbone's rate;
+checkpointed every epoch and resumed after a kill to the same weights as an uninterrupted
+run. Every hyper-parameter comes from the ``segmentation`` section of the config.
+
+The loss is the mean over the batch's non-void pixels. A batch without any is not an
+error: its loss is 0 with zero gradient (the optimizer still applies momentum and weight
+decay), where ``F.cross_entropy`` would return NaN and poison the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from wsss_core.data.joint_transforms import JointAugment
+from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset
+from wsss_core.fileio import atomic_file
+from wsss_core.models.deeplab import SEG_ARCH_KEYS, Segmenter, build_segmenter
+from wsss_core.train.checkpoint import fingerprint, load_checkpoint, save_checkpoint, seed_everything, set_rng_state
+from wsss_core.train.devices import select_device
+from wsss_core.train.loop import (StateBundle, autocast, epoch_generator, grad_scaler, optimizer_step, poly_lambda,
+                                  sgd_two_groups, write_history_csv)  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEYS = (
+    "model", "backbone", "weights", "weights_dir", "output_stride", "aspp_channels", "frozen_bn", "epochs",
+    "batch_size", "lr", "new_layer_lr_mult", "momentum", "weight_decay", "poly_power", "crop_size", "scale_range",
+    "flip", "color_jitter", "num_workers", "seed", "amp",
+)  # fmt: skip
+
+
+class LabelledPixels(Dataset):
+    """(augmented image, label map) pairs: the dataset's masks, or ``<label_dir>/<id>.png`` pseudo labels."""
+
+    def __init__(self, dataset: VOCDataset, ids: list[str], augment: JointAugment, label_dir: str | Path | None):
+        self.dataset, self.ids, self.augment = dataset, ids, augment
+        self.label_dir = None if label_dir is None else Path(label_dir)
+
+    def label_path(self, image_id: str) -> Path:
+        return self.dataset.mask_path(image_id) if self.label_dir is None else self.label_dir / f"{image_id}.png"
+
+    def load_label(self, image_id: str) -> np.ndarray:
+        if self.label_dir is None:
+            label = self.dataset.load_mask(image_id)
+        else:
+            with Image.open(self.label_path(image_id)) as img:
+                label = np.asarray(img)
+        # a wrong value would only surface as a device-side assert deep inside the loss
+        bad = label.ndim != 2 or label.dtype != np.uint8
+        if not bad:
+            values = np.unique(label)
+            bad = values[values != IGNORE_INDEX].max(initial=0) >= self.dataset.num_classes
+        if bad:
+            raise ValueError(f"{self.label_path(image_id)}: expected a 2-D uint8 label map with values "
+                             f"0..{self.dataset.num_classes - 1} or {IGNORE_INDEX}")  # fmt: skip
+        return label
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        image_id = self.ids[index]
+        image, label = self.dataset.load_image(image_id), self.load_label(image_id)
+        if image.shape[:2] != label.shape:
+            raise ValueError(f"{self.label_path(image_id)}: label size {label.shape[1]}x{label.shape[0]} != "
+                             f"image size {image.shape[1]}x{image.shape[0]}")  # fmt: skip
+        return self.augment(image, label)
+
+
+def label_fingerprint(label_dir: Path, ids: list[str]) -> str:
+    """Digest of the label files' bytes: regenerated pseudo labels never resume a stale checkpoint.
+
+    Raises FileNotFoundError naming the first missing ``<id>.png``, before any training.
+    """
+    digest = hashlib.sha256()
+    for image_id in ids:
+        path = label_dir / f"{image_id}.png"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: label map missing (label_dir {label_dir} must hold <id>.png for "
+                                    f"every image of the split)")  # fmt: skip
+        digest.update(image_id.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """(mean cross-entropy over non-void pixels, 0 if there are none; correct pixels; non-void pixels)."""
+    logits = logits.float()  # fp32 loss under autocast
+    per_pixel = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")
+    valid = labels != IGNORE_INDEX
+    n_valid = int(valid.sum())
+    loss = per_pixel.sum() / max(n_valid, 1)  # ignored pixels are 0 in per_pixel, with zero gradient
+    correct = int(((logits.detach().argmax(1) == labels) & valid).sum())
+    return loss, correct, n_valid
+
+
+def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> tuple[Segmenter, dict]:
+    """(model in eval mode, metadata) from a file written by :func:`train_segmentation`."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    meta = payload["meta"]
+    model = build_segmenter(meta["arch"], len(meta["classes"]), weights="random")
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), meta
+
+
+def _check_config(cfg: dict) -> None:
+    missing = [f"segmentation.{k}" for k in CONFIG_KEYS if k not in cfg]
+    if missing:
+        raise ValueError(f"segmentation config lacks key(s) {missing}")
+    if cfg["epochs"] < 1:
+        raise ValueError(f"config key segmentation.epochs must be >= 1, got {cfg['epochs']}")
+    if len(cfg["scale_range"]) != 2:
+        raise ValueError(f"config key segmentation.scale_range must be [min, max], got {cfg['scale_range']}")
+
+
+def train_segmentation(dataset_root, split: str, cfg: dict, *, label_dir=None, out_model, out_history_csv,
+                       checkpoint_dir, threads: int = 1, device: str = "auto") -> dict:  # fmt: skip
+    """Train on ``split`` with labels from ``label_dir`` (None: the masks) and the config section ``cfg``."""
+    _check_config(cfg)
+    ds = VOCDataset(dataset_root)
+    ids = ds.ids(split)
+    if not ids:
+        raise ValueError(f"{ds.split_file(split)}: split '{split}' lists no images")
+    if label_dir is None:
+        labels_source, labels_hash = "gt", None
+        missing = [p for p in map(ds.mask_path, ids) if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]}: mask missing ({len(missing)} of split '{split}' missing)")
+    else:
+        labels_source, labels_hash = str(label_dir), label_fingerprint(Path(label_dir), ids)
+    device = select_device(device)
+    torch.set_num_threads(max(1, threads))
+    seed_everything(cfg["seed"])
+
+    arch = {k: cfg[k] for k in SEG_ARCH_KEYS}
+    model = build_segmenter(arch, ds.num_classes, weights=cfg["weights"], weights_dir=cfg["weights_dir"],
+                            frozen_bn=cfg["frozen_bn"]).to(device)  # fmt: skip
+    augment = JointAugment(cfg["crop_size"], tuple(cfg["scale_range"]), tuple(model.mean), tuple(model.std),
+                           flip=cfg["flip"], color_jitter=cfg["color_jitter"])  # fmt: skip
+    data = LabelledPixels(ds, ids, augment, label_dir)
+    batch_size = min(cfg["batch_size"], len(data))
+    if cfg["model"] == "deeplab_v3plus" and batch_size < 2:
+        raise ValueError(f"config key segmentation.batch_size: deeplab_v3plus trains BatchNorm in its image-pooling "
+                         f"branch and needs >= 2 images per batch, got {batch_size} ({len(data)} images)")  # fmt: skip
+    steps_per_epoch = len(data) // batch_size
+    total_steps = steps_per_epoch * cfg["epochs"]
+
+    pretrained, new = model.param_groups()
+    optimizer = sgd_two_groups(pretrained, new, lr=cfg["lr"], new_layer_lr_mult=cfg["new_layer_lr_mult"],
+                               momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])  # fmt: skip
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total_steps, cfg["poly_power"]))
+    scaler = grad_scaler(device, cfg["amp"])
+    schedule = StateBundle(scheduler=scheduler, scaler=scaler)
+
+    settings_hash = fingerprint({"cfg": cfg, "split": split, "ids": ids, "classes": ds.classes,
+                                 "labels": labels_source, "labels_sha256": labels_hash})  # fmt: skip
+    checkpoint = Path(checkpoint_dir) / "last.pt"
+    history, start_epoch = [], 0
+    state = load_checkpoint(checkpoint, settings_hash)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        history, start_epoch = list(state["history"]), state["epoch"]
+        log.info("resumed from %s after epoch %d", checkpoint, start_epoch)
+    log.info("training %s/%s on %d images of '%s' (labels: %s), %d epochs x %d steps, device %s", cfg["model"],
+             cfg["backbone"], len(data), split, labels_source, cfg["epochs"], steps_per_epoch, device)  # fmt: skip
+
+    for epoch in range(start_epoch, cfg["epochs"]):
+        loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True,
+                            num_workers=cfg["num_workers"], pin_memory=device.type == "cuda",
+                            generator=epoch_generator(cfg["seed"], epoch))  # fmt: skip
+        model.train()
+        start, total, seen, correct, valid = time.perf_counter(), 0.0, 0, 0, 0
+        for images, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", mininterval=10, ascii=True):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with autocast(device, cfg["amp"]):
+                logits = model(images)
+            loss, n_correct, n_valid = segmentation_loss(logits, labels)
+            optimizer_step(loss, optimizer, scaler, scheduler)
+            total, seen = total + loss.item() * len(images), seen + len(images)
+            correct, valid = correct + n_correct, valid + n_valid
+        record = {"epoch": epoch + 1, "loss": round(total / max(seen, 1), 6),
+                  "pixel_acc": round(correct / valid, 6) if valid else float("nan"),
+                  "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+        history.append(record)
+        log.info("epoch %d: loss %.4f, pixel acc %.4f, %.1f s", record["epoch"], record["loss"],
+                 record["pixel_acc"], record["seconds"])  # fmt: skip
+        save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=schedule, epoch=epoch + 1,
+                        settings_hash=settings_hash, history=history)  # fmt: skip
+
+    meta = {"arch": arch, "classes": list(ds.classes), "mean": list(model.mean), "std": list(model.std),
+            "stride": model.stride, "split": split, "labels": labels_source, "config": cfg}  # fmt: skip
+    with atomic_file(out_model) as tmp:
+        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+    write_history_csv(out_history_csv, history)
+    checkpoint.unlink(missing_ok=True)  # the finished model supersedes it
+    return {"images": len(data), "epochs": cfg["epochs"], "final_loss": history[-1]["loss"],
+            "final_pixel_acc": history[-1]["pixel_acc"]}  # fmt: skip
