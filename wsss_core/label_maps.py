@@ -13,9 +13,7 @@ pixel would otherwise score perfectly. A dense prediction has coverage 100.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from PIL import Image
 from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset
 from wsss_core.fileio import atomic_file
 from wsss_core.metrics import confusion_matrix, miou, per_class_table
+from wsss_core.parallel import fork_map_chunks
 from wsss_core.results import write_summary_rows
 
 
@@ -89,9 +88,7 @@ def label_confusion(
         raise FileNotFoundError(f"{missing[0]}: label map not found{more} (split '{split}' of {dataset.root})")
     task = partial(_confusion_part, str(label_dir), str(dataset.root))
     if workers > 1 and len(ids) > 1:
-        chunks = [list(c) for c in np.array_split(np.asarray(ids, dtype=object), 4 * workers) if len(c)]
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            parts = list(pool.map(task, chunks))
+        parts = fork_map_chunks(task, ids, workers)
         conf, counts = sum(p[0] for p in parts), sum(p[1] for p in parts)
     else:
         conf, counts = task(ids)

@@ -17,10 +17,8 @@ Values are compared in float64; stored float16 CAM values are exact there.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 
 import numpy as np
@@ -31,6 +29,7 @@ from wsss_core.cams.store import CAMReader
 from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset
 from wsss_core.fileio import atomic_file, write_text
 from wsss_core.metrics import miou, per_class_table
+from wsss_core.parallel import fork_map_chunks
 from wsss_core.results import write_summary_rows
 
 
@@ -131,10 +130,8 @@ def threshold_confusions(
         if own:
             reader.close()
     if parallel:
-        chunks = [list(c) for c in np.array_split(np.asarray(split_ids, dtype=object), 4 * workers) if len(c)]
         task = partial(_histogram_task, str(reader_or_path), str(dataset.root), thresholds=thresholds)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            hist = sum(pool.map(task, chunks))
+        hist = sum(fork_map_chunks(task, split_ids, workers))
     tail = np.cumsum(hist[..., ::-1], axis=-1)[..., ::-1]  # tail[g, c, k] = pixels with >= k thresholds below
     above = tail[..., 1:]  # above[g, c, j]: top CAM of class c is > threshold j
     conf = np.moveaxis(above, -1, 0).copy()

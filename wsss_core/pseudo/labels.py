@@ -16,11 +16,9 @@ of the split into a folder that appears only when every image is done.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from wsss_core.cams.evaluate import cam_labels
 from wsss_core.cams.store import CAMReader
 from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset, voc_palette
 from wsss_core.fileio import atomic_dir, save_label_png
+from wsss_core.parallel import fork_map_chunks
 from wsss_core.pseudo.crf import crf_labels
 
 
@@ -143,10 +142,7 @@ def make_pseudo_labels(
     with atomic_dir(out_dir) as tmp:
         task = partial(_label_images, str(cam_h5), str(dataset.root), out_dir=str(tmp), **settings)
         if workers > 1 and len(ids) > 1:
-            # Several chunks per worker so one slow chunk (big images, many classes) does not idle the rest.
-            chunks = [list(c) for c in np.array_split(np.asarray(ids, dtype=object), 4 * workers) if len(c)]
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                done = sum(pool.map(task, chunks))
+            done = sum(fork_map_chunks(task, ids, workers))
         else:
             done = task(ids)
     return {

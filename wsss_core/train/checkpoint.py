@@ -68,6 +68,19 @@ def save_checkpoint(path: str | Path, *, model, optimizer, scheduler, epoch: int
         torch.save(payload, tmp)
 
 
+def resume(path: str | Path, settings_hash: str, *, model, optimizer, scheduler) -> tuple[list, int]:
+    """Restore model, optimizer, scheduler and RNGs from ``path`` when it belongs to a run with these
+    settings; returns (history so far, epochs done), ``([], 0)`` for a fresh start."""
+    state = load_checkpoint(path, settings_hash)
+    if state is None:
+        return [], 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return list(state["history"]), state["epoch"]
+
+
 def load_checkpoint(path: str | Path, settings_hash: str) -> dict | None:
     """The checkpoint at ``path`` if it belongs to a run with these settings, else None."""
     path = Path(path)

@@ -8,8 +8,6 @@ Every hyper-parameter comes from the ``classifier`` section of the config.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 from pathlib import Path
@@ -21,11 +19,12 @@ from tqdm import tqdm
 
 from wsss_core.data.transforms import Augment
 from wsss_core.data.voc_layout import VOCDataset
-from wsss_core.fileio import atomic_file, write_text
+from wsss_core.fileio import atomic_file
 from wsss_core.models.backbones import build_backbone
 from wsss_core.models.cam_head import CAMNet
-from wsss_core.train.checkpoint import fingerprint, load_checkpoint, save_checkpoint, seed_everything, set_rng_state
+from wsss_core.train.checkpoint import fingerprint, resume, save_checkpoint, seed_everything
 from wsss_core.train.devices import select_device
+from wsss_core.train.loop import epoch_generator, poly_lambda, sgd_two_groups, write_history_csv
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +64,6 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu"):
     return model.to(device).eval(), meta
 
 
-def poly_lambda(total_steps: int, power: float):
-    return lambda step: max(0.0, 1.0 - step / total_steps) ** power
-
-
 def train_classifier(dataset_root, split: str, cfg: dict, *, out_model, out_history_csv, checkpoint_dir,
                      threads: int = 1, device: str = "auto") -> dict:  # fmt: skip
     """Train on ``split`` of the dataset with the ``classifier`` config section ``cfg``."""
@@ -88,22 +83,14 @@ def train_classifier(dataset_root, split: str, cfg: dict, *, out_model, out_hist
     total_steps = steps_per_epoch * cfg["epochs"]
 
     pretrained, new = model.param_groups()
-    optimizer = torch.optim.SGD(
-        [{"params": pretrained, "lr": cfg["lr"]}, {"params": new, "lr": cfg["lr"] * cfg["new_layer_lr_mult"]}],
-        lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
-    )  # fmt: skip
+    optimizer = sgd_two_groups(pretrained, new, lr=cfg["lr"], new_layer_lr_mult=cfg["new_layer_lr_mult"],
+                               momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total_steps, cfg["poly_power"]))
 
     settings_hash = fingerprint({"cfg": cfg, "split": split, "ids": ids, "classes": ds.classes})
     checkpoint = Path(checkpoint_dir) / "last.pt"
-    history, start_epoch = [], 0
-    state = load_checkpoint(checkpoint, settings_hash)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        history, start_epoch = list(state["history"]), state["epoch"]
+    history, start_epoch = resume(checkpoint, settings_hash, model=model, optimizer=optimizer, scheduler=scheduler)
+    if start_epoch:
         log.info("resumed from %s after epoch %d", checkpoint, start_epoch)
     log.info("training %s on %d images of '%s', %d epochs x %d steps, device %s",
              cfg["backbone"], len(data), split, cfg["epochs"], steps_per_epoch, device)  # fmt: skip
@@ -112,7 +99,7 @@ def train_classifier(dataset_root, split: str, cfg: dict, *, out_model, out_hist
         # A per-epoch generator makes the data order and augmentations independent of resumes.
         loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True,
                             num_workers=cfg["num_workers"], pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch))  # fmt: skip
+                            generator=epoch_generator(cfg["seed"], epoch))  # fmt: skip
         model.train()
         start, total, seen = time.perf_counter(), 0.0, 0
         for images, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", mininterval=10, ascii=True):
@@ -135,10 +122,6 @@ def train_classifier(dataset_root, split: str, cfg: dict, *, out_model, out_hist
             "mean": list(bb.mean), "std": list(bb.std), "split": split, "config": cfg}  # fmt: skip
     with atomic_file(out_model) as tmp:
         torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
-    write_text(out_history_csv, buffer.getvalue())
+    write_history_csv(out_history_csv, history)
     checkpoint.unlink(missing_ok=True)  # the finished model supersedes it
     return {"images": len(data), "epochs": cfg["epochs"], "final_loss": history[-1]["loss"]}

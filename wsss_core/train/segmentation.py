@@ -29,7 +29,7 @@ from wsss_core.data.joint_transforms import JointAugment
 from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset
 from wsss_core.fileio import atomic_file
 from wsss_core.models.deeplab import SEG_ARCH_KEYS, Segmenter, build_segmenter
-from wsss_core.train.checkpoint import fingerprint, load_checkpoint, save_checkpoint, seed_everything, set_rng_state
+from wsss_core.train.checkpoint import fingerprint, resume, save_checkpoint, seed_everything
 from wsss_core.train.devices import select_device
 from wsss_core.train.loop import (StateBundle, autocast, epoch_generator, grad_scaler, optimizer_step, poly_lambda,
                                   sgd_two_groups, write_history_csv)  # fmt: skip
@@ -168,14 +168,8 @@ def train_segmentation(dataset_root, split: str, cfg: dict, *, label_dir=None, o
     settings_hash = fingerprint({"cfg": cfg, "split": split, "ids": ids, "classes": ds.classes,
                                  "labels": labels_source, "labels_sha256": labels_hash})  # fmt: skip
     checkpoint = Path(checkpoint_dir) / "last.pt"
-    history, start_epoch = [], 0
-    state = load_checkpoint(checkpoint, settings_hash)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        history, start_epoch = list(state["history"]), state["epoch"]
+    history, start_epoch = resume(checkpoint, settings_hash, model=model, optimizer=optimizer, scheduler=schedule)
+    if start_epoch:
         log.info("resumed from %s after epoch %d", checkpoint, start_epoch)
     log.info("training %s/%s on %d images of '%s' (labels: %s), %d epochs x %d steps, device %s", cfg["model"],
              cfg["backbone"], len(data), split, labels_source, cfg["epochs"], steps_per_epoch, device)  # fmt: skip
