@@ -1,22 +1,26 @@
 # CAM stage: multi-scale + flip CAMs into HDF5, then their quality against the masks.
+# {cams} names a CAM store (see cam_stores in common.smk).
 
-CAMS = config["cams"]
-CAM_DIR = RESULTS / "cams" / CLS["method"]
+CAM_DIR = RESULTS / "cams"
 CAM_SPLIT = DATASET["train_split"]
+
+
+wildcard_constraints:
+    cams="|".join(re.escape(c) for c in CAM_STORES),
 
 
 rule infer_cams:
     """CAMs of every training image, restricted to its labelled classes, max-normalised."""
     input:
-        model=CLS_DIR / "model.pt",
+        model=CLS_DIR / "cam" / "model.pt",
         root=dataset_root(),
         code=code("cams/infer.py"),
     output:
-        CAM_DIR / f"{CAM_SPLIT}.h5",
+        CAM_DIR / "cam" / f"{CAM_SPLIT}.h5",
     log:
-        LOGS / "cams" / f"infer_{CLS['method']}.log",
+        LOGS / "cams" / "infer_cam.log",
     benchmark:
-        BENCH / "cams" / f"infer_{CLS['method']}.tsv"
+        BENCH / "cams" / "infer_cam.tsv"
     conda:
         "../envs/wsss.yaml"
     threads: 2
@@ -26,39 +30,73 @@ rule infer_cams:
         runtime=240,
     params:
         split=CAM_SPLIT,
-        cams=CAMS,
+        cams={k: CAMS[k] for k in ("scales", "flip", "batch_size", "num_workers")},
     script:
         "../workflow_scripts/infer_cams.py"
+
+
+rule infer_coattentive_cams:
+    """Single-round CAMs of the co-attention classifier and, from the same pass, multi-round co-attentive
+    CAMs (self-pairs + reference images sharing each class, features cached once per image).
+    """
+    input:
+        model=CLS_DIR / "coattention" / "model.pt",
+        root=dataset_root(),
+        code=code("cams/coattention.py"),
+    output:
+        single=CAM_DIR / "coattention" / f"{CAM_SPLIT}.h5",
+        multi=CAM_DIR / MULTIROUND / f"{CAM_SPLIT}.h5",
+    log:
+        LOGS / "cams" / "infer_coattention.log",
+    benchmark:
+        BENCH / "cams" / "infer_coattention.tsv"
+    conda:
+        "../envs/wsss.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=480,
+    params:
+        split=CAM_SPLIT,
+        cams={
+            k: v for k, v in CAMS.items() if k not in ("multiround", "eval_thresholds")
+        },
+    script:
+        "../workflow_scripts/infer_coattentive_cams.py"
 
 
 rule evaluate_cams:
     """mIoU against the masks for every background threshold; the best one feeds later stages."""
     input:
-        cams=CAM_DIR / f"{CAM_SPLIT}.h5",
+        cams=CAM_DIR / "{cams}" / f"{CAM_SPLIT}.h5",
         root=dataset_root(),
         code=code("cams/evaluate.py"),
     output:
         sweep=report(
-            CAM_DIR / "eval" / "threshold_sweep.csv",
+            CAM_DIR / "{cams}" / "eval" / "threshold_sweep.csv",
             category="CAMs",
+            subcategory="{cams}",
             caption="../report/threshold_sweep.rst",
         ),
         plot=report(
-            CAM_DIR / "eval" / "threshold_sweep.png",
+            CAM_DIR / "{cams}" / "eval" / "threshold_sweep.png",
             category="CAMs",
+            subcategory="{cams}",
             caption="../report/threshold_sweep.rst",
         ),
-        best=CAM_DIR / "eval" / "best_threshold.json",
+        best=CAM_DIR / "{cams}" / "eval" / "best_threshold.json",
         per_class=report(
-            CAM_DIR / "eval" / "per_class_iou.csv",
+            CAM_DIR / "{cams}" / "eval" / "per_class_iou.csv",
             category="CAMs",
+            subcategory="{cams}",
             caption="../report/per_class_iou.rst",
         ),
-        summary_row=RESULTS / "summary_rows" / f"cams_{CLS['method']}.csv",
+        summary_row=RESULTS / "summary_rows" / "cams_{cams}.csv",
     log:
-        LOGS / "cams" / f"evaluate_{CLS['method']}.log",
+        LOGS / "cams" / "evaluate_{cams}.log",
     benchmark:
-        BENCH / "cams" / f"evaluate_{CLS['method']}.tsv"
+        BENCH / "cams" / "evaluate_{cams}.tsv"
     conda:
         "../envs/wsss.yaml"
     threads: 1
@@ -67,7 +105,7 @@ rule evaluate_cams:
         runtime=60,
     params:
         split=CAM_SPLIT,
-        method=CLS["method"],
+        method=lambda wildcards: wildcards.cams,
         thresholds=CAMS["eval_thresholds"],
     script:
         "../workflow_scripts/evaluate_cams.py"

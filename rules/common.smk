@@ -66,6 +66,42 @@ def dataset_root():
     return DATA / DATASET["name"]
 
 
+# Classifiers and their CAMs. The {method} wildcard names a classifier (cam | coattention); the {cams}
+# wildcard a CAM store: a classifier's single-round CAMs are named after it, the multi-round
+# co-attentive CAMs of the co-attention classifier "coattention_multiround".
+CLS = config["classifier"]
+CAMS = config["cams"]
+# baseline first, as summary.csv lists them
+CLASSIFIERS = [
+    m for m in ("cam", "coattention") if m == CLS["method"] or m in CLS["compare"]
+]
+MULTIROUND = "coattention_multiround"
+
+
+def cam_stores(method):
+    """The CAM stores computed from a classifier."""
+    multi = method == "coattention" and CAMS["multiround"]
+    return [method] + ([MULTIROUND] if multi else [])
+
+
+CAM_STORES = [store for method in CLASSIFIERS for store in cam_stores(method)]
+# the CAMs that make the pseudo labels: the best the main classifier offers
+MAIN_CAMS = cam_stores(CLS["method"])[-1]
+
+
+def classifier_config(method):
+    """The classifier section as a classifier of ``method`` is trained with: the shared settings,
+    plus the co-attention ones only where they apply (so editing them retrains only that classifier).
+    """
+    cfg = {
+        k: v for k, v in CLS.items() if k not in ("method", "compare", "coattention")
+    }
+    cfg["method"] = method
+    if method == "coattention":
+        cfg["coattention"] = CLS["coattention"]
+    return cfg
+
+
 # The segmentation network trained on the GT masks (the upper bound) runs under this name.
 REFERENCE = "fully_supervised"
 

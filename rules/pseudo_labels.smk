@@ -1,22 +1,22 @@
 # Pseudo-label stage: CAMs + the chosen background threshold -> dense-CRF-refined label maps with 255 where unsure.
 
 PSEUDO = config["pseudo_labels"]
-PSEUDO_DIR = RESULTS / "pseudo_labels" / CLS["method"]
+PSEUDO_DIR = RESULTS / "pseudo_labels" / MAIN_CAMS
 
 
 rule make_pseudo_labels:
     """Confident foreground / background from the CAMs, refined by dense CRF; palette PNGs."""
     input:
-        cams=rules.infer_cams.output[0],
-        best=rules.evaluate_cams.output.best,
+        cams=CAM_DIR / MAIN_CAMS / f"{CAM_SPLIT}.h5",
+        best=expand(rules.evaluate_cams.output.best, cams=MAIN_CAMS)[0],
         root=dataset_root(),
         code=code("pseudo/labels.py"),
     output:
         directory(PSEUDO_DIR / CAM_SPLIT),
     log:
-        LOGS / "pseudo_labels" / f"make_{CLS['method']}.log",
+        LOGS / "pseudo_labels" / f"make_{MAIN_CAMS}.log",
     benchmark:
-        BENCH / "pseudo_labels" / f"make_{CLS['method']}.tsv"
+        BENCH / "pseudo_labels" / f"make_{MAIN_CAMS}.tsv"
     conda:
         "../envs/wsss.yaml"
     # one process per thread: dense CRF is single-threaded
@@ -44,11 +44,11 @@ rule evaluate_pseudo_labels:
             category="Pseudo labels",
             caption="../report/pseudo_labels.rst",
         ),
-        summary_row=RESULTS / "summary_rows" / f"pseudo_labels_{CLS['method']}.csv",
+        summary_row=RESULTS / "summary_rows" / f"pseudo_labels_{MAIN_CAMS}.csv",
     log:
-        LOGS / "pseudo_labels" / f"evaluate_{CLS['method']}.log",
+        LOGS / "pseudo_labels" / f"evaluate_{MAIN_CAMS}.log",
     benchmark:
-        BENCH / "pseudo_labels" / f"evaluate_{CLS['method']}.tsv"
+        BENCH / "pseudo_labels" / f"evaluate_{MAIN_CAMS}.tsv"
     conda:
         "../envs/wsss.yaml"
     threads: 2
@@ -58,6 +58,6 @@ rule evaluate_pseudo_labels:
     params:
         stage="pseudo_labels",
         split=CAM_SPLIT,
-        method=CLS["method"],
+        method=MAIN_CAMS,
     script:
         "../workflow_scripts/evaluate_label_maps.py"

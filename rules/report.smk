@@ -4,21 +4,21 @@
 rule overlays:
     """Training images with their CAMs, pseudo labels, the WSSS network's prediction and the GT mask."""
     input:
-        cams=rules.infer_cams.output[0],
+        cams=CAM_DIR / MAIN_CAMS / f"{CAM_SPLIT}.h5",
         pseudo_labels=rules.make_pseudo_labels.output[0],
-        model=expand(rules.train_segmentation.output.model, labels=CLS["method"]),
+        model=expand(rules.train_segmentation.output.model, labels=MAIN_CAMS),
         root=dataset_root(),
         code=code("report/overlays.py"),
     output:
         report(
-            RESULTS / "report" / f"overlays_{CLS['method']}.png",
+            RESULTS / "report" / f"overlays_{MAIN_CAMS}.png",
             category="Overlays",
             caption="../report/overlays.rst",
         ),
     log:
-        LOGS / "report" / f"overlays_{CLS['method']}.log",
+        LOGS / "report" / f"overlays_{MAIN_CAMS}.log",
     benchmark:
-        BENCH / "report" / f"overlays_{CLS['method']}.tsv"
+        BENCH / "report" / f"overlays_{MAIN_CAMS}.tsv"
     conda:
         "../envs/wsss.yaml"
     threads: 1

@@ -1,12 +1,12 @@
 # Segmentation stage: DeepLab trained on the pseudo labels (and on the GT masks: the fully-supervised
 # reference), its predictions on the evaluation split, and their mIoU.
-# The {labels} wildcard is the classifier method whose pseudo labels were used, or "fully_supervised".
+# The {labels} wildcard names the CAMs whose pseudo labels were used (MAIN_CAMS), or "fully_supervised".
 
 SEG = config["segmentation"]
 EVAL = config["evaluation"]
 SEG_DIR = RESULTS / "segmentation"
 EVAL_SPLIT = DATASET["eval_split"]
-SEG_RUNS = [CLS["method"]] + ([REFERENCE] if EVAL["fully_supervised"] else [])
+SEG_RUNS = [MAIN_CAMS] + ([REFERENCE] if EVAL["fully_supervised"] else [])
 
 
 wildcard_constraints:

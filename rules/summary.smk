@@ -5,7 +5,7 @@ rule summary:
     """Concatenate the stages' summary rows into results/<name>/summary.csv, in pipeline order."""
     input:
         rows=[
-            rules.evaluate_cams.output.summary_row,
+            *expand(rules.evaluate_cams.output.summary_row, cams=CAM_STORES),
             rules.evaluate_pseudo_labels.output.summary_row,
             *expand(rules.evaluate_segmentation.output.summary_row, labels=SEG_RUNS),
         ],

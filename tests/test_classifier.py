@@ -12,14 +12,15 @@ from wsss_core.cams.store import CAMReader
 from wsss_core.data.transforms import Augment
 from wsss_core.data.voc_layout import VOCDataset
 from wsss_core.train import classifier as classifier_module
-from wsss_core.train.classifier import load_classifier, poly_lambda, train_classifier
+from wsss_core.train.classifier import load_classifier, method_settings, poly_lambda, train_classifier
+from wsss_core.train.loop import step_lambda
 
 
 def tiny_cfg(**changes):
     """The classifier section of config.yaml merged with config/tiny.yaml, random init for speed."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())["classifier"]
     cfg.update(yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())["classifier"])
-    cfg.update(weights="random", **changes)
+    cfg.update({"weights": "random", "method": "cam", **changes})  # tiny.yaml picks coattention for the DAG
     return cfg
 
 
@@ -119,3 +120,13 @@ def test_size_batches_group_equal_sizes(tmp_path):
     for image_id, size in (("x", (20, 16)), ("z", (30, 10)), ("y", (20, 16)), ("w", (20, 16))):
         Image.new("RGB", size).save(tmp_path / "JPEGImages" / f"{image_id}.jpg")
     assert size_batches(VOCDataset(tmp_path), ["x", "z", "y", "w"], 2) == [[0, 2], [3], [1]]
+
+
+def test_step_schedule_and_coattention_own_epochs():
+    f = step_lambda(10, [5, 10], 0.1)
+    assert [f(0), f(49), f(50), f(99)] == [1.0, 1.0, 0.1, 0.1] and f(100) == pytest.approx(0.01)
+    co = {"epochs": 15, "batch_size": None}
+    assert method_settings({"method": "coattention", "epochs": 5, "batch_size": 16, "coattention": co}) == {
+        "method": "coattention", "epochs": 15, "batch_size": 16, "coattention": co}  # fmt: skip
+    cam = {"method": "cam", "epochs": 5, "batch_size": 16, "coattention": co}
+    assert method_settings(cam) is cam

@@ -45,39 +45,49 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     assert summary["label_source"] == "cls_labels.json"
     assert sum(s["images"] for s in summary["splits"].values()) == 40
     assert (tmp_path / "data" / "demo_tiny" / "JPEGImages").is_dir()
-    rules = {"data": ["demo_dataset", "validate_dataset"], "classifier": ["train_cam"],
-             "cams": ["infer_cam", "evaluate_cam"], "pseudo_labels": ["make_cam", "evaluate_cam"],
+    main = "coattention_multiround"  # the CAMs that make the pseudo labels by default
+    rules = {"data": ["demo_dataset", "validate_dataset"], "classifier": ["train_cam", "train_coattention"],
+             "cams": ["infer_cam", "infer_coattention", "evaluate_cam", "evaluate_coattention", f"evaluate_{main}"],
+             "pseudo_labels": [f"make_{main}", f"evaluate_{main}"],
              "segmentation": [f"{step}_{run}" for step in ("train", "predict", "evaluate")
-                              for run in ("cam", "fully_supervised")],
-             "report": ["overlays_cam"]}  # fmt: skip
+                              for run in (main, "fully_supervised")],
+             "report": [f"overlays_{main}"]}  # fmt: skip
     for topic, names in rules.items():
         for name in names:
             assert (results / "logs" / topic / f"{name}.log").is_file(), name
             assert (results / "benchmarks" / topic / f"{name}.tsv").is_file(), name
     assert "images" in (results / "data" / "class_counts.csv").read_text().splitlines()[0]
-    assert (results / "classifier" / "cam" / "model.pt").is_file()
-    assert (results / "cams" / "cam" / "train_aug.h5").is_file()
+    for method in ("cam", "coattention"):
+        assert (results / "classifier" / method / "model.pt").is_file()
+    history = pd.read_csv(results / "classifier" / "coattention" / "train_history.csv")
+    assert {"loss_single", "loss_common", "loss_exclusive", "loss_self"} <= set(history.columns)
+    assert history["loss_exclusive"].tolist()[0] == 0 < history["loss_exclusive"].tolist()[1]  # from epoch 1 on
+    for store in ("cam", "coattention", main):
+        assert (results / "cams" / store / "train_aug.h5").is_file()
     train_ids = (tmp_path / "data" / "demo_tiny" / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split()
     val_ids = (tmp_path / "data" / "demo_tiny" / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
-    assert sorted(p.stem for p in (results / "pseudo_labels" / "cam" / "train_aug").glob("*.png")) == sorted(train_ids)
-    for run in ("cam", "fully_supervised"):
+    assert sorted(p.stem for p in (results / "pseudo_labels" / main / "train_aug").glob("*.png")) == sorted(train_ids)
+    for run in (main, "fully_supervised"):
         assert (results / "segmentation" / run / "model.pt").is_file()
         predictions = results / "segmentation" / run / "predictions" / "val"
         assert sorted(p.stem for p in predictions.glob("*.png")) == sorted(val_ids)
-    assert (results / "report" / "overlays_cam.png").stat().st_size > 10_000
-    best = json.loads((results / "cams" / "cam" / "eval" / "best_threshold.json").read_text())
+    assert (results / "report" / f"overlays_{main}.png").stat().st_size > 10_000
     table = pd.read_csv(results / "summary.csv")
     assert table[["stage", "method", "split"]].values.tolist() == [
-        ["cams", "cam", "train_aug"], ["pseudo_labels", "cam", "train_aug"],
-        ["segmentation", "cam", "val"], ["segmentation", "fully_supervised", "val"]]  # fmt: skip
-    assert table["mIoU"][0] == pytest.approx(best["mIoU"], abs=0.01) and 0 < best["mIoU"] <= 100
-    assert 0 < table["coverage"][1] < 100 and table["coverage"][2] == 100
-    assert table["pct_of_fully_supervised"][3] == 100
-    assert table["pct_of_fully_supervised"][2] == pytest.approx(100 * table["mIoU"][2] / table["mIoU"][3], abs=0.1)
+        ["cams", "cam", "train_aug"], ["cams", "coattention", "train_aug"], ["cams", main, "train_aug"],
+        ["pseudo_labels", main, "train_aug"], ["segmentation", main, "val"],
+        ["segmentation", "fully_supervised", "val"]]  # fmt: skip
+    for row, store in enumerate(("cam", "coattention", main)):
+        best = json.loads((results / "cams" / store / "eval" / "best_threshold.json").read_text())
+        assert table["mIoU"][row] == pytest.approx(best["mIoU"], abs=0.01) and 0 < best["mIoU"] <= 100
+    # (the tiny run's CAMs are barely trained: the best threshold may be 0 and leave no pixel unsure)
+    assert 0 < table["coverage"][3] <= 100 and table["coverage"][4] == 100
+    assert table["pct_of_fully_supervised"][5] == 100
+    assert table["pct_of_fully_supervised"][4] == pytest.approx(100 * table["mIoU"][4] / table["mIoU"][5], abs=0.1)
     # Snakemake's own report: the summary, sweep, per-class tables and the overlay figure in one HTML file.
     run_snakemake(tmp_path, "--report", str(tmp_path / "report.html"), *TINY, repo=repo)
     html = (tmp_path / "report.html").read_text(errors="replace")
-    for name in ("summary.csv", "threshold_sweep.png", "per_class_iou.csv", "overlays_cam.png"):
+    for name in ("summary.csv", "threshold_sweep.png", "per_class_iou.csv", f"overlays_{main}.png"):
         assert name in html, name
 
     def planned(*args):
@@ -89,19 +99,19 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
         f.write("# edited\n")
     out = planned(*TINY)
     assert "evaluate_cams" in out and "summary" in out
-    assert not any(r in out for r in ("demo_dataset", "validate_dataset", "train_classifier", "infer_cams"))
+    assert not any(r in out for r in ("demo_dataset", "validate_dataset", "train_classifier", "infer_"))
     with open(repo / "wsss_core" / "models" / "backbones.py", "a") as f:
         f.write("# edited\n")
     out = planned(*TINY)
-    assert all(r in out for r in ("train_classifier", "infer_cams", "evaluate_cams"))
+    assert all(r in out for r in ("train_classifier", "infer_cams", "infer_coattentive_cams", "evaluate_cams"))
     assert "demo_dataset" not in out and "validate_dataset" not in out
     run_snakemake(tmp_path, "--cores", "2", "--touch", *TINY, repo=repo)  # accept the edits without rerunning
     # The segmentation trainer's code: both networks and what follows them, not the pseudo labels.
     with open(repo / "wsss_core" / "train" / "segmentation.py", "a") as f:
         f.write("# edited\n")
     out = run_snakemake(tmp_path, "-n", *TINY, repo=repo).stdout
-    assert "make_pseudo_labels" not in out and "infer_cams" not in out
-    assert "train_segmentation" in out and "labels=fully_supervised" in out and "labels=cam" in out
+    assert "make_pseudo_labels" not in out and "infer_" not in out
+    assert "train_segmentation" in out and "labels=fully_supervised" in out and f"labels={main}" in out
     assert "predict_segmentation" in out and "overlays" in out and "summary" in out
     run_snakemake(tmp_path, "--cores", "2", "--touch", *TINY, repo=repo)  # accept the edits without rerunning
     # A changed demo parameter reruns generation and everything after it.
@@ -109,13 +119,20 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     assert all(r in out for r in ("demo_dataset", "validate_dataset", "train_classifier", "infer_cams", "summary"))
     # A changed CAM parameter reruns CAM inference and what follows, not training or data.
     out = planned(*configs(tmp_path, "tiny.yaml", cams={"scales": [1.0]}))
-    assert all(r in out for r in ("infer_cams", "evaluate_cams", "summary"))
+    assert all(r in out for r in ("infer_cams", "infer_coattentive_cams", "evaluate_cams", "summary"))
     assert not any(r in out for r in ("demo_dataset", "validate_dataset", "train_classifier"))
+    # Multi-round settings: the co-attentive CAMs only, not the baseline's.
+    out = run_snakemake(tmp_path, "-n", *configs(tmp_path, "tiny.yaml", cams={"references": 2}), repo=repo).stdout
+    assert "infer_coattentive_cams" in out and "rule infer_cams" not in out and "train_classifier" not in out
+    # Co-attention training settings: that classifier only, not the baseline.
+    out = run_snakemake(tmp_path, "-n", *configs(tmp_path, "tiny.yaml", classifier={"coattention": {
+        "self_pair_scales": [0.5]}}), repo=repo).stdout  # fmt: skip
+    assert "method=coattention" in out and "method=cam" not in out and "rule infer_cams" not in out
     # Pseudo-label margins: the pseudo labels and the network trained on them, not the reference.
     out = run_snakemake(tmp_path, "-n", *configs(tmp_path, "tiny.yaml", pseudo_labels={"fg_margin": 0.1}),
                         repo=repo).stdout  # fmt: skip
-    assert "make_pseudo_labels" in out and "labels=cam" in out and "labels=fully_supervised" not in out
-    assert "train_classifier" not in out and "infer_cams" not in out
+    assert "make_pseudo_labels" in out and f"labels={main}" in out and "labels=fully_supervised" not in out
+    assert "train_classifier" not in out and "infer_" not in out
     # Test-time scales: predictions and their evaluation only.
     out = planned(*configs(tmp_path, "tiny.yaml", evaluation={"scales": [1.0, 1.5]}))
     assert "predict_segmentation" in out and "evaluate_segmentation" in out

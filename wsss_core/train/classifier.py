@@ -1,9 +1,12 @@
-"""Stage 2: train the CAM classifier from image-level labels only.
+"""Stage 2: train the classifier from image-level labels only.
 
-backbone -> 1x1 class conv -> global average pooling, multilabel soft-margin loss,
-SGD with momentum and a poly learning-rate decay (new layers at ``new_layer_lr_mult``
-times the backbone's rate), checkpointed every epoch and resumed after a kill.
-Every hyper-parameter comes from the ``classifier`` section of the config.
+``method`` picks the network and what it learns from (an "objective": data + loss):
+``cam``, backbone -> 1x1 class conv -> global average pooling on single images; or
+``coattention``, the same plus co-attention heads trained on pairs of images sharing a
+class (``train/coattention.py``). Both use multilabel soft-margin losses and this one
+loop: SGD with momentum and a poly learning-rate decay (new layers at
+``new_layer_lr_mult`` times the backbone's rate), checkpointed every epoch and resumed
+after a kill. Every hyper-parameter comes from the ``classifier`` section of the config.
 """
 
 from __future__ import annotations
@@ -22,14 +25,17 @@ from wsss_core.data.voc_layout import VOCDataset
 from wsss_core.fileio import atomic_file
 from wsss_core.models.backbones import build_backbone
 from wsss_core.models.cam_head import CAMNet
+from wsss_core.models.coattention import TARGET, CoAttentionNet
 from wsss_core.train.checkpoint import fingerprint, resume, save_checkpoint, seed_everything
+from wsss_core.train.coattention import CoAttentionObjective, ImageSource
 from wsss_core.train.devices import select_device
-from wsss_core.train.loop import epoch_generator, poly_lambda, sgd_two_groups, write_history_csv
+from wsss_core.train.loop import epoch_generator, poly_lambda, sgd_two_groups, step_lambda, write_history_csv
 
 log = logging.getLogger(__name__)
 
 # Settings that define the architecture; stored with the weights so inference can rebuild it.
 ARCH_KEYS = ("method", "backbone", "output_stride")
+METHODS = ("cam", "coattention")
 
 
 class LabelledImages(Dataset):
@@ -46,13 +52,32 @@ class LabelledImages(Dataset):
         return self.augment(self.dataset.load_image(self.ids[index])), self.labels[index]
 
 
+class CAMObjective:
+    """Single images, multilabel soft-margin loss of the GAP'd CAMs against the image's labels."""
+
+    def __init__(self, data: LabelledImages):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def epoch_data(self, epoch: int) -> tuple[Dataset, bool]:
+        return self.data, True  # the loader shuffles
+
+    def loss(self, model, batch, epoch: int, device: torch.device) -> dict:
+        images, labels = (t.to(device, non_blocking=True) for t in batch)
+        return {"total": F.multilabel_soft_margin_loss(model(images), labels)}
+
+
 def build_classifier(arch: dict, num_classes: int, weights: str = "random", weights_dir=None, frozen_bn=True):
     """The network described by ``arch`` (see ARCH_KEYS) over ``num_classes`` foreground classes."""
-    if arch["method"] != "cam":
-        raise ValueError(f"config key classifier.method: unknown method '{arch['method']}'")
+    if arch["method"] not in METHODS:
+        raise ValueError(f"config key classifier.method: unknown method '{arch['method']}' (one of {METHODS})")
     backbone = build_backbone(arch["backbone"], weights=weights, output_stride=arch["output_stride"],
                               frozen_bn=frozen_bn, weights_dir=weights_dir)  # fmt: skip
-    return CAMNet(backbone, num_classes)
+    if arch["method"] == "cam":
+        return CAMNet(backbone, num_classes)
+    return CoAttentionNet(backbone, num_classes, domains=tuple(arch.get("domains", (TARGET,))))
 
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu"):
@@ -64,64 +89,108 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu"):
     return model.to(device).eval(), meta
 
 
+def architecture(cfg: dict) -> dict:
+    """The ARCH_KEYS of a ``classifier`` config section, plus the co-attention image domains."""
+    arch = {k: cfg[k] for k in ARCH_KEYS}
+    if cfg["method"] == "coattention":
+        arch["domains"] = [TARGET] + [s["domain"] for s in cfg["coattention"]["extra_sources"]]
+    return arch
+
+
+def image_sources(dataset: VOCDataset, split: str, cfg: dict) -> list[ImageSource]:
+    """The target split, then every extra source of ``classifier.coattention.extra_sources``."""
+    sources = [ImageSource(TARGET, dataset, dataset.ids(split))]
+    for i, extra in enumerate(cfg["coattention"]["extra_sources"]):
+        other = VOCDataset(extra["root"])
+        if list(other.classes) != list(dataset.classes):
+            raise ValueError(f"config key classifier.coattention.extra_sources[{i}]: {other.root} has classes "
+                             f"{list(other.classes)}, the dataset {list(dataset.classes)}")  # fmt: skip
+        sources.append(ImageSource(extra["domain"], other, other.ids(extra["split"])))
+    return sources
+
+
+def method_settings(cfg: dict) -> dict:
+    """``cfg`` with the co-attention classifier's own ``epochs``/``batch_size`` (when set) in place of the
+    shared ones: a pair step costs several single-image steps, and the method's reference schedule
+    (15 epochs of 5 pairs) is not the CAM baseline's."""
+    if cfg["method"] != "coattention":
+        return cfg
+    own = {k: cfg["coattention"].get(k) for k in ("epochs", "batch_size")}
+    return {**cfg, **{k: v for k, v in own.items() if v is not None}}
+
+
 def train_classifier(dataset_root, split: str, cfg: dict, *, out_model, out_history_csv, checkpoint_dir,
                      threads: int = 1, device: str = "auto") -> dict:  # fmt: skip
     """Train on ``split`` of the dataset with the ``classifier`` config section ``cfg``."""
+    cfg = method_settings(cfg)
     device = select_device(device)
     torch.set_num_threads(max(1, threads))
     seed_everything(cfg["seed"])
     ds = VOCDataset(dataset_root)
-    ids = ds.ids(split)
-    model = build_classifier({k: cfg[k] for k in ARCH_KEYS}, ds.num_classes - 1, weights=cfg["weights"],
-                             weights_dir=cfg["weights_dir"], frozen_bn=cfg["frozen_bn"]).to(device)  # fmt: skip
+    arch = architecture(cfg)
+    model = build_classifier(arch, ds.num_classes - 1, weights=cfg["weights"], weights_dir=cfg["weights_dir"],
+                             frozen_bn=cfg["frozen_bn"]).to(device)  # fmt: skip
     bb = model.backbone
     augment = Augment(cfg["crop_size"], tuple(cfg["resize_long"]), tuple(bb.mean), tuple(bb.std),
                       flip=cfg["flip"], color_jitter=cfg["color_jitter"])  # fmt: skip
-    data = LabelledImages(ds, ids, augment)
-    batch_size = min(cfg["batch_size"], len(data))
-    steps_per_epoch = len(data) // batch_size
+    if cfg["method"] == "cam":
+        sources = [ImageSource(TARGET, ds, ds.ids(split))]
+        objective = CAMObjective(LabelledImages(ds, sources[0].ids, augment))
+    else:
+        sources = image_sources(ds, split, cfg)
+        objective = CoAttentionObjective(sources, augment, cfg)
+    batch_size = min(cfg["batch_size"], len(objective))
+    steps_per_epoch = len(objective) // batch_size
     total_steps = steps_per_epoch * cfg["epochs"]
 
     pretrained, new = model.param_groups()
     optimizer = sgd_two_groups(pretrained, new, lr=cfg["lr"], new_layer_lr_mult=cfg["new_layer_lr_mult"],
                                momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])  # fmt: skip
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total_steps, cfg["poly_power"]))
+    if cfg["lr_policy"] == "step":
+        decay = step_lambda(steps_per_epoch, cfg["lr_decay_epochs"], cfg["lr_decay_factor"])
+    else:
+        decay = poly_lambda(total_steps, cfg["poly_power"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
 
-    settings_hash = fingerprint({"cfg": cfg, "split": split, "ids": ids, "classes": ds.classes})
+    settings_hash = fingerprint({"cfg": cfg, "split": split, "ids": {s.domain: s.ids for s in sources},
+                                 "classes": ds.classes})  # fmt: skip
     checkpoint = Path(checkpoint_dir) / "last.pt"
     history, start_epoch = resume(checkpoint, settings_hash, model=model, optimizer=optimizer, scheduler=scheduler)
     if start_epoch:
         log.info("resumed from %s after epoch %d", checkpoint, start_epoch)
-    log.info("training %s on %d images of '%s', %d epochs x %d steps, device %s",
-             cfg["backbone"], len(data), split, cfg["epochs"], steps_per_epoch, device)  # fmt: skip
+    log.info("training %s (%s) on %d %s of '%s', %d epochs x %d steps, device %s", cfg["method"], cfg["backbone"],
+             len(objective), "images" if cfg["method"] == "cam" else "pairs", split, cfg["epochs"], steps_per_epoch,
+             device)  # fmt: skip
 
     for epoch in range(start_epoch, cfg["epochs"]):
+        data, shuffle = objective.epoch_data(epoch)
         # A per-epoch generator makes the data order and augmentations independent of resumes.
-        loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True,
+        loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle, drop_last=True,
                             num_workers=cfg["num_workers"], pin_memory=device.type == "cuda",
                             generator=epoch_generator(cfg["seed"], epoch))  # fmt: skip
         model.train()
-        start, total, seen = time.perf_counter(), 0.0, 0
-        for images, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", mininterval=10, ascii=True):
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            loss = F.multilabel_soft_margin_loss(model(images), labels)
+        start, sums, seen = time.perf_counter(), {}, 0
+        for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", mininterval=10, ascii=True):
+            terms = objective.loss(model, batch, epoch, device)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            terms["total"].backward()
             optimizer.step()
             scheduler.step()
-            total += loss.item() * len(images)
-            seen += len(images)
-        record = {"epoch": epoch + 1, "loss": round(total / max(seen, 1), 6),
-                  "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value.item() * len(batch[0])
+            seen += len(batch[0])
+        means = {name: round(value / max(seen, 1), 6) for name, value in sums.items()}
+        record = {"epoch": epoch + 1, "loss": means.pop("total", float("nan")), "lr": optimizer.param_groups[0]["lr"],
+                  "seconds": round(time.perf_counter() - start, 2), **{f"loss_{k}": v for k, v in means.items()}}  # fmt: skip
         history.append(record)
         log.info("epoch %d: loss %.4f, %.1f s", record["epoch"], record["loss"], record["seconds"])
         save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1,
                         settings_hash=settings_hash, history=history)  # fmt: skip
 
-    meta = {"arch": {k: cfg[k] for k in ARCH_KEYS}, "classes": list(ds.classes), "stride": bb.stride,
+    meta = {"arch": arch, "classes": list(ds.classes), "stride": bb.stride,
             "mean": list(bb.mean), "std": list(bb.std), "split": split, "config": cfg}  # fmt: skip
     with atomic_file(out_model) as tmp:
         torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
     write_history_csv(out_history_csv, history)
     checkpoint.unlink(missing_ok=True)  # the finished model supersedes it
-    return {"images": len(data), "epochs": cfg["epochs"], "final_loss": history[-1]["loss"]}
+    return {"images": len(objective), "epochs": cfg["epochs"], "final_loss": history[-1]["loss"]}

@@ -23,6 +23,11 @@ def poly_lambda(total_steps: int, power: float):
     return lambda step: max(0.0, 1.0 - step / total_steps) ** power
 
 
+def step_lambda(steps_per_epoch: int, decay_epochs, factor: float):
+    """LambdaLR factor ``factor ** (number of decay_epochs reached)``: e.g. x0.1 at epochs 5 and 10."""
+    return lambda step: factor ** sum(step >= e * steps_per_epoch for e in decay_epochs)
+
+
 def sgd_two_groups(pretrained: list[nn.Parameter], new: list[nn.Parameter], *, lr: float, new_layer_lr_mult: float,
                    momentum: float, weight_decay: float) -> torch.optim.SGD:  # fmt: skip
     """SGD with momentum; layers trained from scratch (``new``) at ``new_layer_lr_mult`` times ``lr``."""
