@@ -32,12 +32,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from wsss_core.cams.infer import _Images, merge_views, normalize_cams, prepare, scaled_views, size_batches, unit_max
+from wsss_core.cams.infer import (_Images, load_for_dataset, merge_views, normalize_cams, prepare, scaled_views,
+                                  size_batches, unit_max)  # fmt: skip
 from wsss_core.cams.store import CAMWriter
 from wsss_core.data.voc_layout import VOCDataset
 from wsss_core.models.coattention import TARGET, CoAttentionNet, domain_pair
 from wsss_core.train.checkpoint import file_sha256
-from wsss_core.train.classifier import load_classifier
 from wsss_core.train.devices import select_device
 
 log = logging.getLogger(__name__)
@@ -122,16 +122,13 @@ def coattentive_cams(dataset_root, split: str, model_path, out_single_h5, out_mu
     """Write the single-round and multi-round CAMs of every image of ``split`` (two CAM stores)."""
     device = select_device(device)
     torch.set_num_threads(max(1, threads))
-    model, meta = load_classifier(model_path, device)
+    ds = VOCDataset(dataset_root)
+    model, meta = load_for_dataset(model_path, ds, device)
     if not isinstance(model, CoAttentionNet):
         raise ValueError(f"{model_path}: a '{meta['arch']['method']}' classifier has no co-attention heads")
     if 1 not in [float(s) for s in scales]:
         raise ValueError(f"config key cams.scales: co-attentive CAMs need scale 1.0 among {list(scales)}")
     scales = sorted(scales, key=lambda s: s != 1)  # scale 1 first: its features serve the other views
-    model = model.to(memory_format=torch.channels_last)
-    ds = VOCDataset(dataset_root)
-    if list(ds.classes) != meta["classes"]:
-        raise ValueError(f"{model_path}: trained on classes {meta['classes']}, dataset {ds.root} has {ds.classes}")
     ids = ds.ids(split)
     labels = ds.label_matrix(ids)
     batches = size_batches(ds, ids, batch_size)

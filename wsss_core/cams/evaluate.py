@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from wsss_core.cams.store import CAMReader
+from wsss_core.cams.store import CAMReader, check_store_covers
 from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset
 from wsss_core.fileio import atomic_file, write_text
 from wsss_core.metrics import miou, per_class_table
@@ -94,14 +94,6 @@ def _histogram_task(cam_h5: str, root: str, ids: list[str], thresholds: np.ndarr
         return _histogram(reader, VOCDataset(root), ids, thresholds)
 
 
-def _check_store(reader: CAMReader, dataset: VOCDataset, ids: Sequence[str]) -> None:
-    if list(reader.classes) != list(dataset.classes):
-        raise ValueError(f"{reader.path}: CAMs of classes {list(reader.classes)}, dataset has {list(dataset.classes)}")
-    missing = [i for i in ids if i not in reader]
-    if missing:
-        raise ValueError(f"{reader.path}: no CAMs for {len(missing)} image(s) of the split, e.g. {missing[:5]}")
-
-
 def threshold_confusions(
     reader_or_path: CAMReader | str | os.PathLike,
     dataset: VOCDataset,
@@ -123,7 +115,7 @@ def threshold_confusions(
         raise ValueError(f"{reader_or_path.path}: workers > 1 needs the CAM store's path, not an open reader")
     reader = CAMReader(reader_or_path) if own else reader_or_path
     try:
-        _check_store(reader, dataset, split_ids)
+        check_store_covers(reader, dataset.classes, split_ids)
         if not parallel:
             hist = _histogram(reader, dataset, split_ids, thresholds)
     finally:

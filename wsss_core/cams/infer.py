@@ -94,16 +94,22 @@ def normalize_cams(cams: torch.Tensor, class_ids, eps: float = 1e-5) -> torch.Te
     return unit_max(cams[[c - 1 for c in class_ids]], eps)
 
 
+def load_for_dataset(model_path, dataset: VOCDataset, device) -> tuple:
+    """(classifier in eval mode, channels_last, metadata), refused unless trained on ``dataset``'s classes."""
+    model, meta = load_classifier(model_path, device)
+    if list(dataset.classes) != meta["classes"]:
+        raise ValueError(f"{model_path}: trained on classes {meta['classes']}, dataset {dataset.root} has "
+                         f"{dataset.classes}")  # fmt: skip
+    return model.to(memory_format=torch.channels_last), meta
+
+
 def infer_cams(dataset_root, split: str, model_path, out_h5, *, scales, flip: bool = True, batch_size: int = 8,
                num_workers: int = 0, threads: int = 1, device: str = "auto") -> dict:  # fmt: skip
     """Write the CAMs of every image of ``split`` to ``out_h5`` (one dataset per image)."""
     device = select_device(device)
     torch.set_num_threads(max(1, threads))
-    model, meta = load_classifier(model_path, device)
-    model = model.to(memory_format=torch.channels_last)
     ds = VOCDataset(dataset_root)
-    if list(ds.classes) != meta["classes"]:
-        raise ValueError(f"{model_path}: trained on classes {meta['classes']}, dataset {ds.root} has {ds.classes}")
+    model, meta = load_for_dataset(model_path, ds, device)
     ids = ds.ids(split)
     batches = size_batches(ds, ids, batch_size)
     loader = DataLoader(_Images(ds, ids), batch_sampler=batches, num_workers=num_workers)

@@ -184,3 +184,12 @@ class CAMReader:
         out = np.zeros((num_classes - 1, *cams.shape[1:]), np.float32)
         out[[c - 1 for c in class_ids]] = cams
         return out
+
+
+def check_store_covers(reader: CAMReader, classes: Sequence[str], ids: Sequence[str]) -> None:
+    """Raise CAMStoreError naming the file unless the store has ``classes`` and maps for every one of ``ids``."""
+    if list(reader.classes) != list(classes):
+        raise CAMStoreError(f"{reader.path}: CAMs of classes {list(reader.classes)}, dataset has {list(classes)}")
+    missing = [i for i in ids if i not in reader]
+    if missing:
+        raise CAMStoreError(f"{reader.path}: no CAMs for {len(missing)} image(s) of the split, e.g. {missing[:5]}")

@@ -93,6 +93,20 @@ class Backbone(nn.Module):
         """Whether a parameter (name relative to this module) belongs to a layer in ``new_layers``."""
         return param_name.split(".", 1)[0] in self.new_layers
 
+    def param_groups(self, *heads: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(pretrained params, new params) among the trainable ones of this backbone and ``heads``.
+
+        New = the ``heads`` (trained from scratch) plus this backbone's ``new_layers`` (e.g. VGG's
+        fc6/fc7); trainers give them a larger learning rate. Frozen parameters (frozen BatchNorm)
+        are in neither group.
+        """
+        pretrained, new = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (new if self.is_new(name) else pretrained).append(param)
+        new += [p for head in heads for p in head.parameters() if p.requires_grad]
+        return pretrained, new
+
     def load_checkpoint(self, state_dict: dict, source: str) -> None:
         """Load an upstream checkpoint or a saved backbone: strict, except upstream heads and new layers."""
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(_UPSTREAM_HEADS)}

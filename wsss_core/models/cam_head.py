@@ -44,9 +44,4 @@ class CAMNet(nn.Module):
         which the trainer gives a larger (typically 10x) learning rate. Frozen
         parameters (e.g. frozen BatchNorm) are in neither group.
         """
-        pretrained, new = [], []
-        for name, param in self.backbone.named_parameters():
-            if param.requires_grad:
-                (new if self.backbone.is_new(name) else pretrained).append(param)
-        new += [p for p in self.classifier.parameters() if p.requires_grad]
-        return pretrained, new
+        return self.backbone.param_groups(self.classifier)

@@ -108,10 +108,7 @@ class CoAttentionNet(CAMNet):
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(pretrained backbone params, new params): every co-attention layer is new."""
-        pretrained, new = super().param_groups()
-        for module in (self.affinity, self.co_classifier, self.gate):
-            new += [p for p in module.parameters() if p.requires_grad]
-        return pretrained, new
+        return self.backbone.param_groups(self.classifier, self.affinity, self.co_classifier, self.gate)
 
 
 def pair_loss(logits: dict, l_m: torch.Tensor, l_n: torch.Tensor, *, contrastive: bool) -> dict:

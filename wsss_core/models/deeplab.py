@@ -197,12 +197,7 @@ class Segmenter(nn.Module):
         New = the head plus the backbone's ``new_layers`` (VGG's fc6/fc7), trained at a larger
         learning rate. Frozen parameters (frozen BatchNorm) are in neither group.
         """
-        pretrained, new = [], []
-        for name, param in self.backbone.named_parameters():
-            if param.requires_grad:
-                (new if self.backbone.is_new(name) else pretrained).append(param)
-        new += [p for p in self.head.parameters() if p.requires_grad]
-        return pretrained, new
+        return self.backbone.param_groups(self.head)
 
 
 def build_segmenter(arch: dict, num_classes: int, *, weights: str | os.PathLike = "random",

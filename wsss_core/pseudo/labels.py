@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from wsss_core.cams.evaluate import cam_labels
-from wsss_core.cams.store import CAMReader
+from wsss_core.cams.store import CAMReader, check_store_covers
 from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset, voc_palette
 from wsss_core.fileio import atomic_dir, save_label_png
 from wsss_core.parallel import fork_map_chunks
@@ -102,16 +102,6 @@ def _label_images(cam_h5: str, root: str, ids: list[str], out_dir: str, *, thres
     return len(ids)
 
 
-def _check_store(cam_h5: Path, dataset: VOCDataset, ids: Sequence[str]) -> None:
-    """Class list and coverage of the split, checked before any work (and closed again before any fork)."""
-    with CAMReader(cam_h5) as reader:
-        if list(reader.classes) != list(dataset.classes):
-            raise ValueError(f"{cam_h5}: CAMs of classes {list(reader.classes)}, dataset has {list(dataset.classes)}")
-        missing = [i for i in ids if i not in reader]
-    if missing:
-        raise ValueError(f"{cam_h5}: no CAMs for {len(missing)} image(s) of the split, e.g. {missing[:5]}")
-
-
 def make_pseudo_labels(
     cam_h5: str | os.PathLike,
     dataset_root: str | os.PathLike,
@@ -137,7 +127,8 @@ def make_pseudo_labels(
         raise ValueError(f"workers must be >= 1, got {workers}")
     cam_h5, dataset = Path(cam_h5), VOCDataset(dataset_root)
     ids = dataset.ids(split)
-    _check_store(cam_h5, dataset, ids)
+    with CAMReader(cam_h5) as reader:  # checked before any work, and closed again before any fork
+        check_store_covers(reader, dataset.classes, ids)
     settings = dict(threshold=threshold, fg_margin=fg_margin, bg_margin=bg_margin, crf=crf)
     with atomic_dir(out_dir) as tmp:
         task = partial(_label_images, str(cam_h5), str(dataset.root), out_dir=str(tmp), **settings)
