@@ -125,8 +125,9 @@ def test_size_batches_group_equal_sizes(tmp_path):
 def test_step_schedule_and_coattention_own_epochs():
     f = step_lambda(10, [5, 10], 0.1)
     assert [f(0), f(49), f(50), f(99)] == [1.0, 1.0, 0.1, 0.1] and f(100) == pytest.approx(0.01)
-    co = {"epochs": 15, "batch_size": None}
-    assert method_settings({"method": "coattention", "epochs": 5, "batch_size": 16, "coattention": co}) == {
-        "method": "coattention", "epochs": 15, "batch_size": 16, "coattention": co}  # fmt: skip
-    cam = {"method": "cam", "epochs": 5, "batch_size": 16, "coattention": co}
+    co = {"epochs": 15, "batch_size": None, "lr": 0.001}
+    shared = {"epochs": 5, "batch_size": 16, "lr": 0.005, "coattention": co}
+    assert method_settings({"method": "coattention", **shared}) == {
+        "method": "coattention", "epochs": 15, "batch_size": 16, "lr": 0.001, "coattention": co}  # fmt: skip
+    cam = {"method": "cam", **shared}
     assert method_settings(cam) is cam

@@ -110,12 +110,12 @@ def image_sources(dataset: VOCDataset, split: str, cfg: dict) -> list[ImageSourc
 
 
 def method_settings(cfg: dict) -> dict:
-    """``cfg`` with the co-attention classifier's own ``epochs``/``batch_size`` (when set) in place of the
-    shared ones: a pair step costs several single-image steps, and the method's reference schedule
-    (15 epochs of 5 pairs) is not the CAM baseline's."""
+    """``cfg`` with the co-attention classifier's own ``epochs``/``batch_size``/``lr`` (when set) in place of
+    the shared ones: a pair step costs several single-image steps, the method's reference schedule
+    (15 epochs of 5 pairs) is not the CAM baseline's, and its five summed loss terms need a smaller step."""
     if cfg["method"] != "coattention":
         return cfg
-    own = {k: cfg["coattention"].get(k) for k in ("epochs", "batch_size")}
+    own = {k: cfg["coattention"].get(k) for k in ("epochs", "batch_size", "lr")}
     return {**cfg, **{k: v for k, v in own.items() if v is not None}}
 
 
