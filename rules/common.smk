@@ -102,14 +102,53 @@ def classifier_config(method):
     return cfg
 
 
+# Pseudo-label recipes (config pseudo_labels): the one that feeds segmentation first, then those compared.
+# The random-walk recipes refine MAIN_CAMS with AffinityNet (affinity.smk) into a CAM store of its own.
+PSEUDO = config["pseudo_labels"]
+RECIPES = [
+    PSEUDO["recipe"],
+    *[r for r in PSEUDO["compare"] if r != PSEUDO["recipe"]],
+]
+RW_CAMS = f"{MAIN_CAMS}_random_walk"
+if any(r.startswith("random_walk") for r in RECIPES):
+    CAM_STORES.append(RW_CAMS)
+
+
+def recipe_cams(recipe):
+    """The CAM store a saliency recipe takes its classes from."""
+    return RW_CAMS if recipe == "random_walk_saliency" else MAIN_CAMS
+
+
+# Saliency maps: the bundled model or the user's folder (config saliency).
+SALIENCY = config["saliency"]
+
+
+def saliency_folder():
+    """A user's folder of saliency PNGs as an input (edits rerun the rule), or none for the built-in model."""
+    if SALIENCY["source"] == "u2netp" or not any("saliency" in r for r in RECIPES):
+        return []
+    folder = Path(SALIENCY["source"])
+    if not folder.is_dir():
+        raise WorkflowError(
+            f"config key saliency.source: {folder} is neither 'u2netp' nor a folder of saliency PNGs"
+        )
+    return folder
+
+
 # The segmentation network trained on the GT masks (the upper bound) runs under this name.
 REFERENCE = "fully_supervised"
 
 
 def segmentation_labels(wildcards):
-    """What a segmentation network learns from: the pseudo-label folder of the classifier method
-    named by the wildcard, or nothing for the reference, whose GT masks are part of the dataset.
+    """What a segmentation network learns from: the pseudo labels of the main recipe (the wildcard names
+    the CAMs they come from), or nothing for the reference, whose GT masks are part of the dataset.
     """
     if wildcards.labels == REFERENCE:
         return []
-    return rules.make_pseudo_labels.output[0]
+    return (
+        RESULTS
+        / "pseudo_labels"
+        / MAIN_CAMS
+        / PSEUDO["recipe"]
+        / DATASET["train_split"]
+    )

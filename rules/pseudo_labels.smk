@@ -1,7 +1,12 @@
-# Pseudo-label stage: CAMs + the chosen background threshold -> dense-CRF-refined label maps with 255 where unsure.
+# Pseudo-label stage: CAMs -> label maps with 255 where unsure, by the recipes of config pseudo_labels.
+# {recipe}: confident | saliency | random_walk | random_walk_saliency; the random_walk labels
+# themselves are written by rule random_walk (affinity.smk).
 
-PSEUDO = config["pseudo_labels"]
 PSEUDO_DIR = RESULTS / "pseudo_labels" / MAIN_CAMS
+
+
+wildcard_constraints:
+    recipe="|".join(RECIPES),
 
 
 rule make_pseudo_labels:
@@ -12,11 +17,11 @@ rule make_pseudo_labels:
         root=dataset_root(),
         code=code("pseudo/labels.py"),
     output:
-        directory(PSEUDO_DIR / CAM_SPLIT),
+        directory(PSEUDO_DIR / "confident" / CAM_SPLIT),
     log:
-        LOGS / "pseudo_labels" / f"make_{MAIN_CAMS}.log",
+        LOGS / "pseudo_labels" / f"make_{MAIN_CAMS}_confident.log",
     benchmark:
-        BENCH / "pseudo_labels" / f"make_{MAIN_CAMS}.tsv"
+        BENCH / "pseudo_labels" / f"make_{MAIN_CAMS}_confident.tsv"
     conda:
         "../envs/wsss.yaml"
     # one process per thread: dense CRF is single-threaded
@@ -26,29 +31,61 @@ rule make_pseudo_labels:
         runtime=120,
     params:
         split=CAM_SPLIT,
-        pseudo=PSEUDO,
+        pseudo={k: PSEUDO[k] for k in ("threshold", "fg_margin", "bg_margin")},
         crf=config["crf"] if PSEUDO["crf"] else None,
     script:
         "../workflow_scripts/make_pseudo_labels.py"
 
 
+rule make_saliency_pseudo_labels:
+    """The MCIS recipe: classes from the (random-walk-refined) CAMs, background from the saliency maps."""
+    input:
+        cams=lambda w: CAM_DIR / recipe_cams(w.recipe) / f"{CAM_SPLIT}.h5",
+        saliency=SALIENCY_H5,
+        root=dataset_root(),
+        code=code("pseudo/saliency_labels.py"),
+    output:
+        directory(PSEUDO_DIR / "{recipe}" / CAM_SPLIT),
+    log:
+        LOGS / "pseudo_labels" / f"make_{MAIN_CAMS}_{{recipe}}.log",
+    benchmark:
+        BENCH / "pseudo_labels" / f"make_{MAIN_CAMS}_{{recipe}}.tsv"
+    wildcard_constraints:
+        recipe="saliency|random_walk_saliency",
+    conda:
+        "../envs/wsss.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        split=CAM_SPLIT,
+        recipe={k: v for k, v in PSEUDO["saliency_recipe"].items() if k != "crf"},
+        crf=config["crf"] if PSEUDO["saliency_recipe"]["crf"] else None,
+    script:
+        "../workflow_scripts/make_saliency_pseudo_labels.py"
+
+
 rule evaluate_pseudo_labels:
     """mIoU of the confident pixels and coverage (share of pixels not 255) against the masks."""
     input:
-        labels=rules.make_pseudo_labels.output[0],
+        labels=PSEUDO_DIR / "{recipe}" / CAM_SPLIT,
         root=dataset_root(),
         code=code("label_maps.py"),
     output:
         per_class=report(
-            PSEUDO_DIR / "eval" / "per_class_iou.csv",
+            PSEUDO_DIR / "{recipe}" / "eval" / "per_class_iou.csv",
             category="Pseudo labels",
+            subcategory="{recipe}",
             caption="../report/pseudo_labels.rst",
         ),
-        summary_row=RESULTS / "summary_rows" / f"pseudo_labels_{MAIN_CAMS}.csv",
+        summary_row=RESULTS
+        / "summary_rows"
+        / f"pseudo_labels_{MAIN_CAMS}_{{recipe}}.csv",
     log:
-        LOGS / "pseudo_labels" / f"evaluate_{MAIN_CAMS}.log",
+        LOGS / "pseudo_labels" / f"evaluate_{MAIN_CAMS}_{{recipe}}.log",
     benchmark:
-        BENCH / "pseudo_labels" / f"evaluate_{MAIN_CAMS}.tsv"
+        BENCH / "pseudo_labels" / f"evaluate_{MAIN_CAMS}_{{recipe}}.tsv"
     conda:
         "../envs/wsss.yaml"
     threads: 2
@@ -58,6 +95,6 @@ rule evaluate_pseudo_labels:
     params:
         stage="pseudo_labels",
         split=CAM_SPLIT,
-        method=MAIN_CAMS,
+        method=lambda w: f"{MAIN_CAMS}+{w.recipe}",
     script:
         "../workflow_scripts/evaluate_label_maps.py"

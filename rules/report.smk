@@ -5,7 +5,7 @@ rule overlays:
     """Training images with their CAMs, pseudo labels, the WSSS network's prediction and the GT mask."""
     input:
         cams=CAM_DIR / MAIN_CAMS / f"{CAM_SPLIT}.h5",
-        pseudo_labels=rules.make_pseudo_labels.output[0],
+        pseudo_labels=PSEUDO_DIR / PSEUDO["recipe"] / CAM_SPLIT,
         model=expand(rules.train_segmentation.output.model, labels=MAIN_CAMS),
         root=dataset_root(),
         code=code("report/overlays.py"),

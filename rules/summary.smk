@@ -6,7 +6,7 @@ rule summary:
     input:
         rows=[
             *expand(rules.evaluate_cams.output.summary_row, cams=CAM_STORES),
-            rules.evaluate_pseudo_labels.output.summary_row,
+            *expand(rules.evaluate_pseudo_labels.output.summary_row, recipe=RECIPES),
             *expand(rules.evaluate_segmentation.output.summary_row, labels=SEG_RUNS),
         ],
         code=code("results.py"),

@@ -46,9 +46,13 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     assert sum(s["images"] for s in summary["splits"].values()) == 40
     assert (tmp_path / "data" / "demo_tiny" / "JPEGImages").is_dir()
     main = "coattention_multiround"  # the CAMs that make the pseudo labels by default
+    recipes = ("confident", "saliency", "random_walk", "random_walk_saliency")  # main recipe first
     rules = {"data": ["demo_dataset", "validate_dataset"], "classifier": ["train_cam", "train_coattention"],
              "cams": ["infer_cam", "infer_coattention", "evaluate_cam", "evaluate_coattention", f"evaluate_{main}"],
-             "pseudo_labels": [f"make_{main}", f"evaluate_{main}"],
+             "saliency": ["make_saliency"],
+             "affinity": [f"labels_{main}", f"train_{main}", f"random_walk_{main}"],
+             "pseudo_labels": [f"make_{main}_{r}" for r in ("confident", "saliency", "random_walk_saliency")]
+                              + [f"evaluate_{main}_{r}" for r in recipes],
              "segmentation": [f"{step}_{run}" for step in ("train", "predict", "evaluate")
                               for run in (main, "fully_supervised")],
              "report": [f"overlays_{main}"]}  # fmt: skip
@@ -62,11 +66,16 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     history = pd.read_csv(results / "classifier" / "coattention" / "train_history.csv")
     assert {"loss_single", "loss_common", "loss_exclusive", "loss_self"} <= set(history.columns)
     assert history["loss_exclusive"].tolist()[0] == 0 < history["loss_exclusive"].tolist()[1]  # from epoch 1 on
-    for store in ("cam", "coattention", main):
+    stores = ("cam", "coattention", main, f"{main}_random_walk")
+    for store in stores:
         assert (results / "cams" / store / "train_aug.h5").is_file()
     train_ids = (tmp_path / "data" / "demo_tiny" / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split()
     val_ids = (tmp_path / "data" / "demo_tiny" / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
-    assert sorted(p.stem for p in (results / "pseudo_labels" / main / "train_aug").glob("*.png")) == sorted(train_ids)
+    for recipe in recipes:
+        labels = results / "pseudo_labels" / main / recipe / "train_aug"
+        assert sorted(p.stem for p in labels.glob("*.png")) == sorted(train_ids), recipe
+    assert (results / "affinity" / main / "model.pt").is_file()
+    assert pd.read_csv(results / "affinity" / main / "train_history.csv")["epoch"].tolist() == [1]
     for run in (main, "fully_supervised"):
         assert (results / "segmentation" / run / "model.pt").is_file()
         predictions = results / "segmentation" / run / "predictions" / "val"
@@ -74,16 +83,19 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     assert (results / "report" / f"overlays_{main}.png").stat().st_size > 10_000
     table = pd.read_csv(results / "summary.csv")
     assert table[["stage", "method", "split"]].values.tolist() == [
-        ["cams", "cam", "train_aug"], ["cams", "coattention", "train_aug"], ["cams", main, "train_aug"],
-        ["pseudo_labels", main, "train_aug"], ["segmentation", main, "val"],
-        ["segmentation", "fully_supervised", "val"]]  # fmt: skip
-    for row, store in enumerate(("cam", "coattention", main)):
+        *[["cams", store, "train_aug"] for store in stores],
+        *[["pseudo_labels", f"{main}+{recipe}", "train_aug"] for recipe in recipes],
+        ["segmentation", main, "val"], ["segmentation", "fully_supervised", "val"]]  # fmt: skip
+    for row, store in enumerate(stores):
         best = json.loads((results / "cams" / store / "eval" / "best_threshold.json").read_text())
         assert table["mIoU"][row] == pytest.approx(best["mIoU"], abs=0.01) and 0 < best["mIoU"] <= 100
     # (the tiny run's CAMs are barely trained: the best threshold may be 0 and leave no pixel unsure)
-    assert 0 < table["coverage"][3] <= 100 and table["coverage"][4] == 100
-    assert table["pct_of_fully_supervised"][5] == 100
-    assert table["pct_of_fully_supervised"][4] == pytest.approx(100 * table["mIoU"][4] / table["mIoU"][5], abs=0.1)
+    pseudo, seg = table[table["stage"] == "pseudo_labels"], table[table["stage"] == "segmentation"]
+    assert ((0 <= pseudo["coverage"]) & (pseudo["coverage"] <= 100)).all() and (seg["coverage"] == 100).all()
+    assert pseudo["coverage"].iloc[2] == 100  # the random walk labels every pixel
+    assert seg["pct_of_fully_supervised"].iloc[1] == 100
+    assert seg["pct_of_fully_supervised"].iloc[0] == pytest.approx(100 * seg["mIoU"].iloc[0] / seg["mIoU"].iloc[1],
+                                                                   abs=0.1)  # fmt: skip
     # Snakemake's own report: the summary, sweep, per-class tables and the overlay figure in one HTML file.
     run_snakemake(tmp_path, "--report", str(tmp_path / "report.html"), *TINY, repo=repo)
     html = (tmp_path / "report.html").read_text(errors="replace")
@@ -133,6 +145,14 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
                         repo=repo).stdout  # fmt: skip
     assert "make_pseudo_labels" in out and f"labels={main}" in out and "labels=fully_supervised" not in out
     assert "train_classifier" not in out and "infer_" not in out
+    # Random-walk settings: the walk and what reads its outputs, not AffinityNet's labels or training.
+    jobs = set(planned(*configs(tmp_path, "tiny.yaml", affinity={"beta": 4})).split())
+    assert {"random_walk", "make_saliency_pseudo_labels", "evaluate_cams", "summary"} <= jobs
+    assert not jobs & {"train_affinity", "affinity_labels", "make_saliency", "train_classifier"}
+    # The MCIS thresholds: the saliency recipes' labels, not the saliency maps or the random walk.
+    jobs = set(planned(*configs(tmp_path, "tiny.yaml", pseudo_labels={"saliency_recipe": {"cam_threshold": 0.4}})).split())
+    assert {"make_saliency_pseudo_labels", "evaluate_pseudo_labels"} <= jobs
+    assert not jobs & {"make_saliency", "random_walk", "train_affinity", "make_pseudo_labels"}
     # Test-time scales: predictions and their evaluation only.
     out = planned(*configs(tmp_path, "tiny.yaml", evaluation={"scales": [1.0, 1.5]}))
     assert "predict_segmentation" in out and "evaluate_segmentation" in out
@@ -151,6 +171,12 @@ def test_bad_config_value_fails_at_parse_time_naming_the_key(tmp_path):
     proc = run_snakemake(tmp_path, "-n", *configs(tmp_path, dataset={"source": "folder", "name": "x"}), check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "config key dataset.root: None is not of type 'string'" in out
+    missing = str(tmp_path / "no_such_maps")
+    pseudo = {"recipe": "saliency"}
+    proc = run_snakemake(tmp_path, "-n", *configs(tmp_path, saliency={"source": missing}, pseudo_labels=pseudo),
+                         check=False)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"config key saliency.source: {missing} is neither" in out
 
 
 def test_broken_folder_dataset_fails_naming_the_file(tmp_path, tiny_demo):

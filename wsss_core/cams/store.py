@@ -14,7 +14,9 @@ Maps are stored at image resolution, in ascending class order, so an argmax over
 stored maps breaks ties exactly like an argmax over the dense maps would.
 
 The file appears at its final path only when the writer's ``with`` block ends
-cleanly, so a stage that finds it can trust it is complete.
+cleanly, so a stage that finds it can trust it is complete. The atomic writer and the
+lock-free reader are base classes shared with the saliency store
+(:mod:`wsss_core.pseudo.saliency_store`).
 """
 
 from __future__ import annotations
@@ -39,41 +41,21 @@ class CAMStoreError(ValueError):
     """A CAM store that cannot be used as asked; the message names the file."""
 
 
-class CAMWriter:
-    """Write a CAM store; use as ``with CAMWriter(path, ...) as w: w.write(...)``.
+class HDF5StoreWriter:
+    """Base of the store writers: ``with Writer(path, ...) as w: w.write(...)``.
 
     Everything goes to a temporary sibling that is renamed onto ``path`` on a clean
     exit; after an exception nothing new is left and an older ``path`` is kept.
+    Subclasses build the root attributes and one ``write`` per image.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        *,
-        classes: Sequence[str],
-        scales: Sequence[float],
-        stride: int,
-        checkpoint_sha256: str,
-        extra_attrs: dict[str, Any] | None = None,
-    ):
+    def __init__(self, path: str | os.PathLike, attrs: dict[str, Any]):
         self.path = Path(path)
-        clash = sorted(set(extra_attrs or {}) & set(_RESERVED))
-        if clash:
-            raise ValueError(f"{self.path}: extra attribute(s) {clash} would overwrite the store's own")
-        self.classes = tuple(classes)
-        self._attrs = {
-            "format": FORMAT,
-            "classes": list(self.classes),
-            "scales": [float(s) for s in scales],
-            "stride": int(stride),
-            "checkpoint_sha256": str(checkpoint_sha256),
-            "created_with": f"wsss {__version__}",
-            **(extra_attrs or {}),
-        }
+        self._attrs = dict(attrs)
         self._stack: contextlib.ExitStack | None = None
         self._file: h5py.File | None = None
 
-    def __enter__(self) -> CAMWriter:
+    def __enter__(self):
         with contextlib.ExitStack() as stack:
             tmp = stack.enter_context(atomic_file(self.path))
             self._file = stack.enter_context(h5py.File(tmp, "w"))
@@ -85,18 +67,51 @@ class CAMWriter:
         stack, self._stack, self._file = self._stack, None, None
         return stack.__exit__(*exc)
 
-    def write(self, image_id: str, cams: np.ndarray, class_ids: Sequence[int]) -> None:
-        """Store one image's maps: ``cams`` (K, H, W) in [0, 1] for the K ``class_ids``.
-
-        An image without labels is stored as K = 0 maps of shape (0, H, W).
-        """
+    def _new_entry(self, image_id: str) -> str:
+        """Check ``image_id`` can be written now; returns the "<file>: image '<id>'" prefix for messages."""
         if self._file is None:
-            raise RuntimeError(f"{self.path}: CAMWriter.write called outside its 'with' block")
+            raise RuntimeError(f"{self.path}: {type(self).__name__}.write called outside its 'with' block")
         where = f"{self.path}: image '{image_id}'"
         if not image_id or "/" in image_id or image_id in (".", ".."):
             raise ValueError(f"{where}: not usable as an HDF5 dataset name")
         if image_id in self._file:
             raise ValueError(f"{where}: written twice")
+        return where
+
+
+class CAMWriter(HDF5StoreWriter):
+    """Write a CAM store (see :class:`HDF5StoreWriter` for the atomic rename)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        classes: Sequence[str],
+        scales: Sequence[float],
+        stride: int,
+        checkpoint_sha256: str,
+        extra_attrs: dict[str, Any] | None = None,
+    ):
+        clash = sorted(set(extra_attrs or {}) & set(_RESERVED))
+        if clash:
+            raise ValueError(f"{Path(path)}: extra attribute(s) {clash} would overwrite the store's own")
+        self.classes = tuple(classes)
+        super().__init__(path, {
+            "format": FORMAT,
+            "classes": list(self.classes),
+            "scales": [float(s) for s in scales],
+            "stride": int(stride),
+            "checkpoint_sha256": str(checkpoint_sha256),
+            "created_with": f"wsss {__version__}",
+            **(extra_attrs or {}),
+        })  # fmt: skip
+
+    def write(self, image_id: str, cams: np.ndarray, class_ids: Sequence[int]) -> None:
+        """Store one image's maps: ``cams`` (K, H, W) in [0, 1] for the K ``class_ids``.
+
+        An image without labels is stored as K = 0 maps of shape (0, H, W).
+        """
+        where = self._new_entry(image_id)
         cams = np.asarray(cams, dtype=np.float32)
         ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
         if cams.ndim != 3 or cams.shape[0] != ids.size:
@@ -128,32 +143,37 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class CAMReader:
-    """Read a CAM store. Opens read-only without HDF5 file locking.
+class HDF5StoreReader:
+    """Base of the store readers. Opens read-only without HDF5 file locking.
 
     Stores are immutable once renamed into place, so locking protects nothing; it
     only fails on file systems without lock support (NFS, Lustre on clusters).
     Open one reader per process (after any fork): h5py handles must not cross forks.
+    Subclasses set what the messages call the store and its entries, and the error type.
     """
+
+    FORMAT = FORMAT
+    KIND = "CAM store"  # "<path>: not a CAM store"
+    ENTRY = "CAMs"  # "<path>: no CAMs for image 'x'"
+    Error: type[ValueError] = CAMStoreError
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: CAM store not found")
+            raise FileNotFoundError(f"{self.path}: {self.KIND} not found")
         try:
             self._file = h5py.File(self.path, "r", locking=False)
         except OSError as err:
-            raise CAMStoreError(f"{self.path}: not a CAM store (not an HDF5 file: {err})") from err
-        if self._file.attrs.get("format") != FORMAT:
+            raise self.Error(f"{self.path}: not a {self.KIND} (not an HDF5 file: {err})") from err
+        if self._file.attrs.get("format") != self.FORMAT:
             self._file.close()
-            raise CAMStoreError(f"{self.path}: not a CAM store (no format attribute '{FORMAT}')")
+            raise self.Error(f"{self.path}: not a {self.KIND} (no format attribute '{self.FORMAT}')")
         self.attrs: dict[str, Any] = {k: _plain(v) for k, v in self._file.attrs.items()}
-        self.classes: tuple[str, ...] = tuple(self.attrs["classes"])
 
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> CAMReader:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -169,11 +189,29 @@ class CAMReader:
     def __len__(self) -> int:
         return len(self._file)
 
+    def _entry(self, image_id: str) -> h5py.Dataset:
+        if image_id not in self._file:
+            raise self.Error(f"{self.path}: no {self.ENTRY} for image '{image_id}' ({len(self)} images stored)")
+        return self._file[image_id]
+
+    def check_covers(self, ids: Sequence[str]) -> None:
+        """Raise naming the file unless every one of ``ids`` is stored."""
+        missing = [i for i in ids if i not in self]
+        if missing:
+            count = f"{len(missing)} image(s) of the split"
+            raise self.Error(f"{self.path}: no {self.ENTRY} for {count}, e.g. {missing[:5]}")
+
+
+class CAMReader(HDF5StoreReader):
+    """Read a CAM store (see :class:`HDF5StoreReader`)."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path)
+        self.classes: tuple[str, ...] = tuple(self.attrs["classes"])
+
     def read(self, image_id: str) -> tuple[np.ndarray, tuple[int, ...]]:
         """``(cams float32 (K, H, W), class_ids)`` with class ids ascending."""
-        if image_id not in self._file:
-            raise CAMStoreError(f"{self.path}: no CAMs for image '{image_id}' ({len(self)} images stored)")
-        dset = self._file[image_id]
+        dset = self._entry(image_id)
         return dset[()].astype(np.float32), tuple(int(c) for c in dset.attrs["class_ids"])
 
     def dense(self, image_id: str, num_classes: int) -> np.ndarray:
@@ -190,6 +228,4 @@ def check_store_covers(reader: CAMReader, classes: Sequence[str], ids: Sequence[
     """Raise CAMStoreError naming the file unless the store has ``classes`` and maps for every one of ``ids``."""
     if list(reader.classes) != list(classes):
         raise CAMStoreError(f"{reader.path}: CAMs of classes {list(reader.classes)}, dataset has {list(classes)}")
-    missing = [i for i in ids if i not in reader]
-    if missing:
-        raise CAMStoreError(f"{reader.path}: no CAMs for {len(missing)} image(s) of the split, e.g. {missing[:5]}")
+    reader.check_covers(ids)

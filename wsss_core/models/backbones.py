@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torchvision
@@ -106,6 +106,22 @@ class Backbone(nn.Module):
                 (new if self.is_new(name) else pretrained).append(param)
         new += [p for head in heads for p in head.parameters() if p.requires_grad]
         return pretrained, new
+
+    def forward_with_taps(self, x: torch.Tensor, taps: Sequence[str]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(``forward(x)``, the outputs of the submodules named ``taps``, in that order) from one pass.
+
+        For heads that read shallower levels too (DeepLab v3+'s decoder, AffinityNet). Forward
+        hooks are registered per call, so copies and replicas never share a hook's storage.
+        """
+        tapped: dict[str, torch.Tensor] = {}
+        handles = [self.get_submodule(name).register_forward_hook(
+            lambda _module, _args, out, name=name: tapped.__setitem__(name, out)) for name in taps]  # fmt: skip
+        try:
+            out = self(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return out, [tapped[name] for name in taps]
 
     def load_checkpoint(self, state_dict: dict, source: str) -> None:
         """Load an upstream checkpoint or a saved backbone: strict, except upstream heads and new layers."""

@@ -177,15 +177,8 @@ class Segmenter(nn.Module):
         """(backbone features at ``stride``, stride-4 features or None when the head needs none)."""
         if self.tap is None:
             return self.backbone(x), None
-        tapped = []
-        # registered per call, so copies and replicas of the model never share a hook's storage
-        module = self.backbone.get_submodule(self.tap)
-        handle = module.register_forward_hook(lambda _module, _args, out: tapped.append(out))
-        try:
-            high = self.backbone(x)
-        finally:
-            handle.remove()
-        return high, tapped[-1]
+        high, (low,) = self.backbone.forward_with_taps(x, [self.tap])
+        return high, low
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.head(*self.features(x))

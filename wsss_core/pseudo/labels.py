@@ -11,14 +11,17 @@ in both maps are background (0); everything between is void (255), so training
 on the result ignores the uncertain band rather than learning a guess.
 
 Reads the CAM store (:mod:`wsss_core.cams.store`), writes one palette PNG per image
-of the split into a folder that appears only when every image is done.
+of the split into a folder that appears only when every image is done. That dataset
+loop (:func:`write_label_folder`) is shared with the saliency recipe
+(:mod:`wsss_core.pseudo.saliency_labels`), which passes its own per-image function.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset, voc_palette
 from wsss_core.fileio import atomic_dir, save_label_png
 from wsss_core.parallel import fork_map_chunks
 from wsss_core.pseudo.crf import crf_labels
+from wsss_core.pseudo.saliency_store import SaliencyReader
 
 
 def _check_thresholds(threshold: float, fg_margin: float, bg_margin: float) -> None:
@@ -84,22 +88,80 @@ def pseudo_label(
     return out
 
 
-def _label_images(cam_h5: str, root: str, ids: list[str], out_dir: str, *, threshold, fg_margin, bg_margin, crf) -> int:
-    """Write the pseudo labels of ``ids``; opens its own reader (HDF5 handles must not cross forks)."""
+def _check_size(store: Path, image_id: str, what: str, shape: tuple, dataset: VOCDataset, image: np.ndarray) -> None:
+    if tuple(shape) != image.shape[:2]:
+        raise ValueError(
+            f"{store}: image '{image_id}': {what} {tuple(shape)} (H, W) but the image "
+            f"{dataset.image_path(image_id)} is {image.shape[:2]}; maps must be stored at image resolution"
+        )
+
+
+def _label_images(cam_h5: str, root: str, ids: list[str], out_dir: str, *, label_fn, saliency_h5: str | None) -> list:
+    """Write the pseudo labels of ``ids``; returns [images, all-void images].
+
+    Opens its own readers (HDF5 handles must not cross forks). ``label_fn(image, cams,
+    class_ids[, saliency=...])`` is the recipe, with its settings bound.
+    """
     dataset, palette = VOCDataset(root), voc_palette()
-    with CAMReader(cam_h5) as reader:
+    with CAMReader(cam_h5) as reader, contextlib.ExitStack() as stack:
+        saliency = stack.enter_context(SaliencyReader(saliency_h5)) if saliency_h5 is not None else None
+        void = 0
         for image_id in ids:
             cams, class_ids = reader.read(image_id)
             image = dataset.load_image(image_id)
-            if cams.shape[1:] != image.shape[:2]:
-                raise ValueError(
-                    f"{reader.path}: image '{image_id}': CAMs are {cams.shape[1:]} (H, W) but the image "
-                    f"{dataset.image_path(image_id)} is {image.shape[:2]}; CAMs must be stored at image resolution"
-                )
-            labels = pseudo_label(image, cams, class_ids, threshold=threshold, fg_margin=fg_margin,
-                                  bg_margin=bg_margin, crf=crf)  # fmt: skip
+            _check_size(reader.path, image_id, "CAMs are", cams.shape[1:], dataset, image)
+            inputs = {}
+            if saliency is not None:
+                inputs["saliency"] = saliency.read(image_id)
+                _check_size(saliency.path, image_id, "the saliency map is", inputs["saliency"].shape, dataset, image)
+            labels = label_fn(image, cams, class_ids, **inputs)
+            void += bool((labels == IGNORE_INDEX).all())
             save_label_png(Path(out_dir) / f"{image_id}.png", labels, palette)
-    return len(ids)
+    return [len(ids), void]
+
+
+def write_label_folder(
+    cam_h5: str | os.PathLike,
+    dataset_root: str | os.PathLike,
+    split: str,
+    out_dir: str | os.PathLike,
+    *,
+    label_fn: Callable[..., np.ndarray],
+    workers: int,
+    saliency_h5: str | os.PathLike | None = None,
+) -> dict:
+    """The dataset loop every recipe shares: ``<out_dir>/<id>.png`` (VOC palette) for each image of ``split``.
+
+    Checks first that the CAM store (and the saliency store, if given) covers the split,
+    naming the file. ``label_fn`` must pickle (a module-level function or a partial of one)
+    for ``workers > 1``, which spreads the images over forked processes (fork, not spawn:
+    Snakemake scripts have no ``__main__`` guard); the output does not depend on ``workers``.
+    ``out_dir`` is replaced as a whole, atomically: a crash leaves the old folder or none.
+    Returns ``{"images", "all_void_images"}``.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    cam_h5, dataset = Path(cam_h5), VOCDataset(dataset_root)
+    ids = dataset.ids(split)
+    with CAMReader(cam_h5) as reader:  # checked before any work, and closed again before any fork
+        check_store_covers(reader, dataset.classes, ids)
+    if saliency_h5 is not None:
+        saliency_h5 = Path(saliency_h5)
+        with SaliencyReader(saliency_h5) as reader:
+            reader.check_covers(ids)
+    with atomic_dir(out_dir) as tmp:
+        task = partial(_label_images, str(cam_h5), str(dataset.root), out_dir=str(tmp), label_fn=label_fn,
+                       saliency_h5=None if saliency_h5 is None else str(saliency_h5))  # fmt: skip
+        if workers > 1 and len(ids) > 1:
+            counts = np.sum(fork_map_chunks(task, ids, workers), axis=0)
+        else:
+            counts = task(ids)
+    return {"images": int(counts[0]), "all_void_images": int(counts[1])}
+
+
+def _irn_label(image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int], **settings) -> np.ndarray:
+    # Looks pseudo_label up when called, in the worker, so a replaced one (tests) is the one used.
+    return pseudo_label(image, cams, class_ids, **settings)
 
 
 def make_pseudo_labels(
@@ -116,28 +178,16 @@ def make_pseudo_labels(
 ) -> dict:
     """Write ``<out_dir>/<id>.png`` (VOC palette, 255 = void) for every image of ``split``.
 
-    ``out_dir`` is replaced as a whole, atomically: a crash leaves the old folder or none.
-    ``workers > 1`` spreads the images over forked processes (fork, not spawn: Snakemake
-    scripts have no ``__main__`` guard); the output does not depend on ``workers``.
+    See :func:`write_label_folder` for atomicity, checks and ``workers``.
     Returns ``{"images", "threshold", "fg_threshold", "bg_threshold", "crf", "seconds"}``.
     """
     start = time.perf_counter()
     fg_cut, bg_cut = zone_cuts(threshold, fg_margin, bg_margin)
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    cam_h5, dataset = Path(cam_h5), VOCDataset(dataset_root)
-    ids = dataset.ids(split)
-    with CAMReader(cam_h5) as reader:  # checked before any work, and closed again before any fork
-        check_store_covers(reader, dataset.classes, ids)
     settings = dict(threshold=threshold, fg_margin=fg_margin, bg_margin=bg_margin, crf=crf)
-    with atomic_dir(out_dir) as tmp:
-        task = partial(_label_images, str(cam_h5), str(dataset.root), out_dir=str(tmp), **settings)
-        if workers > 1 and len(ids) > 1:
-            done = sum(fork_map_chunks(task, ids, workers))
-        else:
-            done = task(ids)
+    done = write_label_folder(cam_h5, dataset_root, split, out_dir, label_fn=partial(_irn_label, **settings),
+                              workers=workers)  # fmt: skip
     return {
-        "images": done,
+        "images": done["images"],
         "threshold": float(threshold),
         "fg_threshold": fg_cut,
         "bg_threshold": bg_cut,

@@ -1,0 +1,101 @@
+# AffinityNet stage (PSA): confident labels from the main CAMs -> affinity network -> random walk.
+# Its outputs: the random_walk pseudo labels and a refined CAM store (RW_CAMS) that evaluate_cams
+# scores and the random_walk_saliency recipe reads.
+
+AFF = config["affinity"]
+AFF_DIR = RESULTS / "affinity" / MAIN_CAMS
+TRAIN_KEYS = [
+    k
+    for k in AFF
+    if k not in ("low_alpha", "high_alpha", "crf", "beta", "logt", "alpha")
+]
+
+
+rule affinity_labels:
+    """Confident foreground (strong background, low alpha) and background (weak background, high alpha)
+    from the CAMs, each CRF-refined; the rest 255."""
+    input:
+        cams=CAM_DIR / MAIN_CAMS / f"{CAM_SPLIT}.h5",
+        root=dataset_root(),
+        code=code("refine/affinity_labels.py"),
+    output:
+        directory(AFF_DIR / "confident_labels" / CAM_SPLIT),
+    log:
+        LOGS / "affinity" / f"labels_{MAIN_CAMS}.log",
+    benchmark:
+        BENCH / "affinity" / f"labels_{MAIN_CAMS}.tsv"
+    conda:
+        "../envs/wsss.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        split=CAM_SPLIT,
+        alphas={k: AFF[k] for k in ("low_alpha", "high_alpha")},
+        crf=config["crf"] if AFF["crf"] else None,
+    script:
+        "../workflow_scripts/affinity_labels.py"
+
+
+rule train_affinity:
+    """Pixel-pair affinities within a radius, learnt from the confident labels (bg-pos, fg-pos, neg)."""
+    input:
+        labels=rules.affinity_labels.output[0],
+        root=dataset_root(),
+        code=code("train/affinity.py"),
+    output:
+        model=AFF_DIR / "model.pt",
+        history=report(
+            AFF_DIR / "train_history.csv",
+            category="AffinityNet",
+            caption="../report/train_history.rst",
+        ),
+    log:
+        LOGS / "affinity" / f"train_{MAIN_CAMS}.log",
+    benchmark:
+        BENCH / "affinity" / f"train_{MAIN_CAMS}.tsv"
+    conda:
+        "../envs/wsss.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=720,
+    params:
+        split=CAM_SPLIT,
+        train={k: AFF[k] for k in TRAIN_KEYS},
+        # not an output: survives a kill so that --rerun-incomplete resumes training
+        checkpoint_dir=AFF_DIR / "checkpoints",
+    script:
+        "../workflow_scripts/train_affinity.py"
+
+
+rule random_walk:
+    """CAMs (+ a (1 - max)^alpha background) walked over the affinity graph: argmax labels and refined CAMs."""
+    input:
+        cams=CAM_DIR / MAIN_CAMS / f"{CAM_SPLIT}.h5",
+        model=rules.train_affinity.output.model,
+        root=dataset_root(),
+        code=code("refine/propagate.py"),
+    output:
+        labels=directory(
+            RESULTS / "pseudo_labels" / MAIN_CAMS / "random_walk" / CAM_SPLIT
+        ),
+        cams=CAM_DIR / RW_CAMS / f"{CAM_SPLIT}.h5",
+    log:
+        LOGS / "affinity" / f"random_walk_{MAIN_CAMS}.log",
+    benchmark:
+        BENCH / "affinity" / f"random_walk_{MAIN_CAMS}.tsv"
+    conda:
+        "../envs/wsss.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=240,
+    params:
+        split=CAM_SPLIT,
+        walk={k: AFF[k] for k in ("beta", "logt", "alpha")},
+    script:
+        "../workflow_scripts/random_walk.py"

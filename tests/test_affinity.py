@@ -1,0 +1,240 @@
+"""AffinityNet: confident labels (alpha direction, void band, CRF), training + resume, propagation over a split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_pseudo_labels import CRF, read_png, write_store
+
+from wsss_core.cams.evaluate import sweep
+from wsss_core.cams.store import CAMReader
+from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset, voc_palette
+from wsss_core.fileio import save_label_png
+from wsss_core.models.affinitynet import EMBED_CHANNELS, build_affinitynet
+from wsss_core.refine.affinity_labels import alpha_labels, confident_labels, make_affinity_labels
+from wsss_core.refine.propagate import embed_image, propagate_split
+from wsss_core.refine.random_walk import propagate_cams
+from wsss_core.train import affinity as affinity_module
+from wsss_core.train.affinity import load_affinitynet, train_affinity
+
+# Max-CAM values well away from the two cut points, ~0.2755 (alpha 4) and ~0.0770 (alpha 32).
+VALUES = np.array([0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.35, 0.5, 0.8, 1.0])
+TRAIN = dict(weights="imagenet", epochs=2, batch_size=5, crop_size=48, scale_range=(0.9, 1.1), color_jitter=0.0,
+             lr=0.01, amp=False)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny inputs; the machine is shared
+    yield
+    torch.set_num_threads(threads)
+
+
+def expected_zones(cams, class_ids):
+    """PSA's rule spelled out per pixel for bg = (1 - m)^alpha, argmax ties going to background."""
+    out = np.empty(cams.shape[1:], np.uint8)
+    for y, x in np.ndindex(*out.shape):
+        v = cams[:, y, x]
+        m = v.max()
+        if m > (1 - m) ** 4:  # foreground even against the strong (alpha 4) background
+            out[y, x] = class_ids[int(v.argmax())]
+        elif (1 - m) ** 32 >= m:  # background even when it is weak (alpha 32)
+            out[y, x] = 0
+        else:
+            out[y, x] = IGNORE_INDEX
+    return out
+
+
+def test_zones_follow_the_alpha_direction_without_crf():
+    rng = np.random.default_rng(0)
+    cams = rng.choice(VALUES, (2, 15, 17)).astype(np.float32)
+    image = rng.integers(0, 256, (15, 17, 3), dtype=np.uint8)
+    got = confident_labels(image, cams, [2, 4], crf=None)
+    np.testing.assert_array_equal(got, expected_zones(cams, [2, 4]))
+    assert {0, 2, 4, IGNORE_INDEX} <= set(np.unique(got))
+    # clearly off -> background, weak -> void, clearly on -> class
+    row = np.array([[[0.03, 0.15, 0.5]]], np.float32)
+    np.testing.assert_array_equal(confident_labels(image[:1, :3], row, [7], crf=None), [[0, IGNORE_INDEX, 7]])
+    # the high-alpha map has the weaker background, so more foreground than the low-alpha map
+    low, high = (alpha_labels(image, cams, [2, 4], alpha=a, crf=None) for a in (4, 32))
+    assert ((low != 0) <= (high != 0)).all() and (high != 0).sum() > (low != 0).sum()
+    for low_alpha, high_alpha in ((32, 4), (8, 8), (0, 32)):
+        with pytest.raises(ValueError, match="low_alpha"):
+            confident_labels(image, cams, [2, 4], low_alpha=low_alpha, high_alpha=high_alpha, crf=None)
+    with pytest.raises(ValueError, match="image size"):
+        confident_labels(image[:5], cams, [2, 4], crf=None)
+    none = confident_labels(image, cams[:0], [], crf=CRF)
+    assert (none == 0).all()
+
+
+def test_crf_keeps_the_zones_in_the_image_labels():
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:40, :48]
+    blob = np.exp(-((yy - 20) ** 2 + (xx - 16) ** 2) / 120.0)
+    cams = np.stack([blob, np.roll(blob, 20, axis=1)]).astype(np.float32)
+    image = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    image[cams.max(0) > 0.3] = (200, 40, 40)
+    got = confident_labels(image, cams, [1, 3], crf=CRF)
+    assert set(np.unique(got)) == {0, 1, 3, IGNORE_INDEX}
+    plain = confident_labels(image, cams, [1, 3], crf=None)
+    assert (got == plain).mean() > 0.8  # the CRF moves edges, not whole regions
+
+
+@pytest.mark.parametrize("backbone,stride,channels", [("efficientnet_lite0", 16, [40, 112, 1280]),
+                                                       ("resnet50", 8, [512, 1024, 2048])])  # fmt: skip
+def test_affinitynet_reads_three_levels_at_one_stride(backbone, stride, channels):
+    model = build_affinitynet({"backbone": backbone, "output_stride": stride}).eval()
+    x = torch.randn(1, 3, 41, 57)
+    with torch.no_grad():
+        levels, emb = model.feature_levels(x), model(x)
+    assert [lv.shape[1] for lv in levels] == channels
+    assert emb.shape == (1, EMBED_CHANNELS, -(-41 // stride), -(-57 // stride)) and emb.min() >= -1  # ELU
+    pretrained, new = model.param_groups()
+    head = [*model.levels.parameters(), *model.mix.parameters()]
+    assert {id(p) for p in new} == {id(p) for p in head} and not {id(p) for p in pretrained} & {id(p) for p in head}
+    with pytest.raises(ValueError, match="no feature levels known for backbone VGG16LargeFOV"):
+        build_affinitynet({"backbone": "vgg16_largefov", "output_stride": 8})
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_demo, tmp_path_factory):
+    """The demo's val split (10 images), a CAM store of mask-derived CAMs, its confident labels, a trained net."""
+    tmp = tmp_path_factory.mktemp("affinity")
+    dataset = VOCDataset(tiny_demo)
+    ids = dataset.ids("val")
+    store = write_store(tmp / "val.h5", dataset, ids)
+    labels = tmp / "labels"
+    record = make_affinity_labels(store, tiny_demo, "val", labels, crf=None)
+    assert record["images"] == len(ids)
+    outputs = dict(out_model=tmp / "a.pt", out_history_csv=tmp / "a.csv", checkpoint_dir=tmp / "ck_a")
+    summary = train_affinity(tiny_demo, "val", labels, **outputs, **TRAIN)
+    return dict(dataset=dataset, ids=ids, store=store, labels=labels, tmp=tmp, summary=summary, **outputs)
+
+
+def test_label_folder_matches_the_rule_and_workers(setup, tmp_path):
+    dataset, ids, store = setup["dataset"], setup["ids"], setup["store"]
+    with CAMReader(store) as reader:
+        for image_id in ids:
+            mode, palette, labels = read_png(setup["labels"] / f"{image_id}.png")
+            cams, class_ids = reader.read(image_id)
+            assert mode == "P" and palette == voc_palette()
+            np.testing.assert_array_equal(labels, confident_labels(dataset.load_image(image_id), cams, class_ids,
+                                                                   crf=None))  # fmt: skip
+    folders = {w: tmp_path / f"w{w}" for w in (1, 2)}
+    for workers, folder in folders.items():
+        make_affinity_labels(store, dataset.root, "val", folder, crf=CRF, workers=workers)
+    for image_id in ids:
+        assert (folders[1] / f"{image_id}.png").read_bytes() == (folders[2] / f"{image_id}.png").read_bytes()
+
+
+def test_training_lowers_the_loss_and_resumes_to_the_same_weights(setup, monkeypatch):
+    rows = setup["out_history_csv"].read_text().splitlines()
+    assert rows[0] == "epoch,loss,loss_bg_pos,loss_fg_pos,loss_neg,lr,seconds" and len(rows) == 3
+    losses = [float(r.split(",")[1]) for r in rows[1:]]
+    assert losses[1] < losses[0] and np.isfinite(losses).all(), losses
+    assert not (setup["checkpoint_dir"] / "last.pt").exists()
+    model, meta = load_affinitynet(setup["out_model"])
+    assert meta["arch"] == {"backbone": "efficientnet_lite0", "output_stride": 8} and meta["radius"] == 5
+    assert meta["stride"] == 8 and meta["classes"] == list(setup["dataset"].classes) and not model.training
+    assert model(torch.zeros(1, 3, 40, 56)).shape == (1, EMBED_CHANNELS, 5, 7)
+
+    real_save = affinity_module.save_checkpoint
+
+    def save_then_die(path, **kw):
+        real_save(path, **kw)
+        raise KeyboardInterrupt("killed")
+
+    tmp = setup["tmp"]
+    outputs = dict(out_model=tmp / "b.pt", out_history_csv=tmp / "b.csv", checkpoint_dir=tmp / "ck_b")
+    monkeypatch.setattr(affinity_module, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_affinity(setup["dataset"].root, "val", setup["labels"], **outputs, **TRAIN)
+    assert (tmp / "ck_b" / "last.pt").exists() and not (tmp / "b.pt").exists()
+    monkeypatch.setattr(affinity_module, "save_checkpoint", real_save)
+    train_affinity(setup["dataset"].root, "val", setup["labels"], **outputs, **TRAIN)
+    resumed, _ = load_affinitynet(tmp / "b.pt")
+    for (name, pa), pb in zip(model.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=f"{name} differs after resume")
+    cut = [[row.split(",")[:6] for row in (tmp / f"{n}.csv").read_text().splitlines()] for n in "ab"]
+    assert cut[0] == cut[1]
+
+
+def test_training_input_problems_name_the_file(setup, tmp_path):
+    dataset, ids = setup["dataset"], setup["ids"]
+    out = dict(out_model=tmp_path / "m.pt", out_history_csv=tmp_path / "m.csv", checkpoint_dir=tmp_path / "ck")
+    fast = dict(TRAIN, weights="random", epochs=1, batch_size=10)
+    partial = tmp_path / "partial"
+    for image_id in ids[1:]:
+        save_label_png(partial / f"{image_id}.png", dataset.load_mask(image_id), voc_palette())
+    with pytest.raises(FileNotFoundError, match=f"{ids[0]}.png"):
+        train_affinity(dataset.root, "val", partial, **out, **fast)
+    save_label_png(partial / f"{ids[0]}.png", np.zeros((9, 9), np.uint8), voc_palette())
+    with pytest.raises(ValueError, match=f"{ids[0]}.png: label size 9x9"):
+        train_affinity(dataset.root, "val", partial, **out, **fast)
+    with pytest.raises(ValueError, match="crop_size 44 must be a positive multiple of output_stride 8"):
+        train_affinity(dataset.root, "val", partial, **out, **dict(fast, crop_size=44))
+    with pytest.raises(ValueError, match="radius"):
+        train_affinity(dataset.root, "val", partial, **out, **dict(fast, radius=1))
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_propagation_writes_a_cam_store_and_label_pngs(setup, tmp_path):
+    dataset, ids, store, model_path = setup["dataset"], setup["ids"], setup["store"], setup["out_model"]
+    result = propagate_split(store, dataset.root, "val", model_path, tmp_path / "rw1", tmp_path / "rw1.h5")
+    assert result["images"] == len(ids) and (result["beta"], result["logt"], result["alpha"]) == (8, 8, 16)
+    model, meta = load_affinitynet(model_path)
+    with CAMReader(tmp_path / "rw1.h5") as walked, CAMReader(store) as source:
+        assert walked.ids() == sorted(ids) and walked.attrs["refinement"] == "random_walk"
+        assert walked.classes == source.classes and walked.attrs["radius"] == 5
+        for image_id in ids:
+            maps, class_ids = walked.read(image_id)
+            cams, source_ids = source.read(image_id)
+            assert class_ids == source_ids and maps.shape == cams.shape and 0 <= maps.min() and maps.max() <= 1
+            mode, palette, labels = read_png(tmp_path / "rw1" / f"{image_id}.png")
+            assert mode == "P" and set(np.unique(labels)) <= {0, *class_ids}
+        # the same as walking one image by hand
+        image = dataset.load_image(ids[0])
+        emb = embed_image(model, image, torch.device("cpu"))
+        by_hand, _ = propagate_cams(emb, torch.from_numpy(source.read(ids[0])[0]), source.read(ids[0])[1],
+                                    stride=8, radius=5, beta=8, logt=8, alpha=16)  # fmt: skip
+        np.testing.assert_array_equal(read_png(tmp_path / "rw1" / f"{ids[0]}.png")[2], by_hand)
+    table = sweep(tmp_path / "rw1.h5", dataset, ids, [0.1, 0.5])  # the CAM evaluation takes it as it takes CAMs
+    assert len(table) == 2
+
+    propagate_split(store, dataset.root, "val", model_path, tmp_path / "rw2", tmp_path / "rw2.h5", workers=2)
+    with CAMReader(tmp_path / "rw1.h5") as one, CAMReader(tmp_path / "rw2.h5") as two:
+        assert one.ids() == two.ids()
+        for image_id in ids:
+            np.testing.assert_array_equal(one.read(image_id)[0], two.read(image_id)[0])
+            png = f"{image_id}.png"
+            assert (tmp_path / "rw1" / png).read_bytes() == (tmp_path / "rw2" / png).read_bytes()
+    assert not list(tmp_path.glob(".rw2*"))  # no part stores or temp folders left
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_propagation_input_problems_name_the_file(setup, tmp_path, workers):
+    dataset, ids, model_path = setup["dataset"], setup["ids"], setup["out_model"]
+    small = write_store(tmp_path / "small.h5", dataset, ids, resize=ids[6])
+    with pytest.raises(ValueError, match=rf"small.h5: image '{ids[6]}': CAMs are .*/{ids[6]}.jpg"):
+        propagate_split(small, dataset.root, "val", model_path, tmp_path / "rw", tmp_path / "rw.h5", workers=workers)
+    partial = write_store(tmp_path / "partial.h5", dataset, ids, skip=ids[2:3])
+    with pytest.raises(ValueError, match=rf"partial.h5: no CAMs for 1 image\(s\).*'{ids[2]}'"):
+        propagate_split(partial, dataset.root, "val", model_path, tmp_path / "rw", tmp_path / "rw.h5")
+    with pytest.raises(ValueError, match="logt"):
+        propagate_split(small, dataset.root, "val", model_path, tmp_path / "rw", tmp_path / "rw.h5", logt=2.5)
+    assert not (tmp_path / "rw").exists() and not (tmp_path / "rw.h5").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["partial.h5", "small.h5"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="AMP and the CUDA sparse walk run on CUDA only")
+def test_amp_training_and_walk_on_cuda(setup, tmp_path):
+    dataset, store = setup["dataset"], setup["store"]
+    out = dict(out_model=tmp_path / "g.pt", out_history_csv=tmp_path / "g.csv", checkpoint_dir=tmp_path / "ck")
+    summary = train_affinity(dataset.root, "val", setup["labels"], **out, **dict(TRAIN, amp=True), device="cuda")
+    assert np.isfinite(summary["final_loss"])
+    propagate_split(store, dataset.root, "val", tmp_path / "g.pt", tmp_path / "rw", tmp_path / "rw.h5", device="cuda",
+                    workers=2)  # fmt: skip
+    with CAMReader(tmp_path / "rw.h5") as walked:
+        assert walked.ids() == sorted(setup["ids"])

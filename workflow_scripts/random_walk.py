@@ -1,0 +1,18 @@
+"""Rule random_walk: walk the CAMs over AffinityNet's affinities; labels + refined CAM store."""
+from wsss_core.refine.propagate import propagate_split
+from wsss_core.workflow import logged
+
+with logged(snakemake.log[0]):
+    summary = propagate_split(
+        snakemake.input.cams,
+        snakemake.input.root,
+        snakemake.params.split,
+        snakemake.input.model,
+        snakemake.output.labels,
+        snakemake.output.cams,
+        **snakemake.params.walk,
+        # one process per thread (the sparse walk is single-threaded work per image)
+        workers=snakemake.threads,
+        threads=1,
+    )
+    print(summary)

@@ -1,0 +1,130 @@
+"""CAMs + saliency -> pseudo-label PNGs: the recipe of MCIS (Sun et al., ECCV 2020).
+
+MCIS trains its segmentation network on labels that take the *objects' classes* from the
+(co-attentive) CAMs and the *background* from a class-agnostic saliency map, since CAMs
+cover only the discriminative parts of objects and are poor at saying where background is.
+Per image, with the image's K classes:
+
+1. Background score = 1 - saliency (in [0, 1]).
+2. Class scores = each class's CAM divided by its own maximum (so every class peaks at 1 and
+   weak classes are not drowned by strong ones), set to 0 where at most ``cam_threshold``:
+   a weak CAM value is no evidence of the class.
+3. Label = argmax over [background, classes] (background wins ties). A pixel that is not
+   salient keeps a class only where the class score beats 1 - saliency.
+4. Optionally, a dense CRF (:mod:`wsss_core.pseudo.crf`) over the image's own labels snaps
+   this map to colour edges before the rules below void what cannot be trusted.
+5. Conflict: two or more classes above ``cam_threshold`` -> 255. Overlapping CAMs of
+   different classes (person on a horse) cannot say which object a pixel belongs to.
+6. Salient but background -> 255 (saliency > ``sal_threshold``): an object the CAMs missed,
+   or one of a class not in the label set; either way "background" would teach a wrong answer.
+7. An image whose labelled foreground covers less than ``min_fg_share`` of its pixels -> all
+   255: its CAMs found (almost) nothing of objects the image is known to contain, so its
+   background is not trustworthy either.
+
+An image without labels is all background (0), as in the CAM-only recipe: it contains no
+object of any class, so salient regions there are background by definition.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from functools import partial
+
+import numpy as np
+
+from wsss_core.data.voc_layout import IGNORE_INDEX
+from wsss_core.pseudo.crf import crf_labels
+from wsss_core.pseudo.labels import write_label_folder
+
+DEFAULTS = {"cam_threshold": 0.3, "sal_threshold": 0.5, "min_fg_share": 0.01}
+
+
+def _check_settings(cam_threshold: float, sal_threshold: float, min_fg_share: float) -> None:
+    for name, value in (("cam_threshold", cam_threshold), ("sal_threshold", sal_threshold),
+                        ("min_fg_share", min_fg_share)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"saliency pseudo labels: {name} must be a number in [0, 1], got {value!r}")
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"saliency pseudo labels: {name} must be in [0, 1], got {value!r}")
+
+
+def saliency_pseudo_label(
+    image: np.ndarray,
+    cams: np.ndarray,
+    class_ids: Sequence[int],
+    saliency: np.ndarray,
+    *,
+    cam_threshold: float = DEFAULTS["cam_threshold"],
+    sal_threshold: float = DEFAULTS["sal_threshold"],
+    min_fg_share: float = DEFAULTS["min_fg_share"],
+    crf: dict | None = None,
+) -> np.ndarray:
+    """(H, W) uint8 pseudo label by the rules of the module docstring: class ids, 0, or 255 = void.
+
+    ``cams`` (K, H, W) >= 0 for the K ``class_ids``; ``saliency`` (H, W) in [0, 1];
+    ``image`` (H, W, 3) uint8, used by the CRF only; ``crf``: CRF params or None.
+    """
+    _check_settings(cam_threshold, sal_threshold, min_fg_share)
+    cams, saliency = np.asarray(cams, np.float64), np.asarray(saliency, np.float64)  # cuts compare in float64
+    class_ids = [int(c) for c in class_ids]
+    size = np.shape(image)[:2]
+    if cams.ndim != 3 or cams.shape[0] != len(class_ids) or cams.shape[1:] != size or saliency.shape != size:
+        raise ValueError(
+            f"saliency pseudo labels: CAMs {cams.shape} for {len(class_ids)} class id(s), saliency {saliency.shape}, "
+            f"image {np.shape(image)}; expected (K, H, W) and (H, W) at image size"
+        )
+    if saliency.size and not (np.isfinite(saliency).all() and 0.0 <= saliency.min() and saliency.max() <= 1.0):
+        raise ValueError("saliency pseudo labels: saliency values must be finite and in [0, 1]")
+    if not class_ids:
+        return np.zeros(size, np.uint8)
+    peaks = cams.reshape(len(class_ids), -1).max(1).reshape(-1, 1, 1)
+    scores = np.where(peaks > 0, cams / np.maximum(peaks, 1e-12), 0.0)
+    on = scores > cam_threshold
+    scores = np.where(on, scores, 0.0)
+    labels = np.asarray([0, *class_ids], np.uint8)[np.concatenate([1.0 - saliency[None], scores]).argmax(0)]
+    if crf is not None:
+        labels = crf_labels(image, labels, [0, *class_ids], crf)
+    labels[on.sum(0) >= 2] = IGNORE_INDEX
+    labels[(saliency > sal_threshold) & (labels == 0)] = IGNORE_INDEX
+    if np.isin(labels, class_ids).mean() < min_fg_share:
+        labels[:] = IGNORE_INDEX
+    return labels
+
+
+def make_saliency_pseudo_labels(
+    cam_h5: str | os.PathLike,
+    saliency_h5: str | os.PathLike,
+    dataset_root: str | os.PathLike,
+    split: str,
+    out_dir: str | os.PathLike,
+    *,
+    cam_threshold: float = DEFAULTS["cam_threshold"],
+    sal_threshold: float = DEFAULTS["sal_threshold"],
+    min_fg_share: float = DEFAULTS["min_fg_share"],
+    crf: dict | None = None,
+    workers: int = 1,
+) -> dict:
+    """Write ``<out_dir>/<id>.png`` (VOC palette, 255 = void) for every image of ``split``.
+
+    Reads the CAM store and the saliency store (:func:`wsss_core.pseudo.saliency.make_saliency`);
+    both must cover the split, at image resolution (errors name the file). Atomic and
+    parallel like :func:`wsss_core.pseudo.labels.make_pseudo_labels`. Returns
+    ``{"images", "all_void_images", "cam_threshold", "sal_threshold", "min_fg_share", "crf", "seconds"}``;
+    ``all_void_images`` counts the images voided whole (rule 7), a sign of failing CAMs when high.
+    """
+    start = time.perf_counter()
+    _check_settings(cam_threshold, sal_threshold, min_fg_share)
+    settings = dict(cam_threshold=cam_threshold, sal_threshold=sal_threshold, min_fg_share=min_fg_share, crf=crf)
+    done = write_label_folder(cam_h5, dataset_root, split, out_dir, label_fn=partial(saliency_pseudo_label, **settings),
+                              workers=workers, saliency_h5=saliency_h5)  # fmt: skip
+    return {
+        **done,
+        "cam_threshold": float(cam_threshold),
+        "sal_threshold": float(sal_threshold),
+        "min_fg_share": float(min_fg_share),
+        "crf": crf is not None,
+        "seconds": round(time.perf_counter() - start, 3),
+    }

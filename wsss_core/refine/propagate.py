@@ -1,0 +1,132 @@
+"""Apply a trained AffinityNet to a split: random-walk every image's CAMs (PSA's ``infer_aff``).
+
+Per image: embed the image (zero-padded after normalisation to a multiple of the stride,
+i.e. padded with the mean colour, as the training crops are), random-walk the CAM store's
+maps on the embedding's grid (:func:`wsss_core.refine.random_walk.propagate_cams`), and write
+
+* ``<out_dir>/<id>.png``: the walked label map (VOC palette; 0 background, class ids), PSA's output;
+* ``out_h5``: a CAM store of the walked foreground maps at image resolution, each divided by
+  its maximum, so the CAM evaluation (threshold sweep) and the pseudo-label rules take them
+  exactly as they take CAMs.
+
+Both appear only when every image is done. ``workers > 1`` forks CPU processes, each with its
+own model and HDF5 handles, writing its chunk to a part store that is then merged in split
+order, so the result does not depend on ``workers``. On CUDA one process does all images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wsss_core.cams.infer import prepare
+from wsss_core.cams.store import CAMReader, CAMWriter, check_store_covers
+from wsss_core.data.voc_layout import VOCDataset, voc_palette
+from wsss_core.fileio import atomic_dir, save_label_png
+from wsss_core.parallel import fork_map_chunks
+from wsss_core.refine.random_walk import propagate_cams
+from wsss_core.train.affinity import load_affinitynet
+from wsss_core.train.checkpoint import file_sha256
+from wsss_core.train.devices import select_device
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def embed_image(model, image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(C, ceil(H / s), ceil(W / s)) fp32 embedding of an (H, W, 3) uint8 image padded to a multiple of s."""
+    stride = model.backbone.stride
+    x = prepare(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), model.backbone.mean, model.backbone.std)
+    height, width = image.shape[:2]
+    x = F.pad(x, (0, -width % stride, 0, -height % stride))  # 0 = the mean colour after normalisation
+    return model(x)[0].float()
+
+
+def _walk_images(cam_h5: str, root: str, model_path: str, ids: list[str], *, out_dir: str, part_h5: str | None,
+                 part_dir: str | None, store: dict, walk: dict, device: str, threads: int) -> str:  # fmt: skip
+    """Walk ``ids`` into PNGs in ``out_dir`` and a CAM store ``part_h5`` (default ``<part_dir>/<first id>.h5``);
+    model and HDF5 handles are this process's own. Returns the store's path."""
+    part_h5 = part_h5 or str(Path(part_dir) / f"{ids[0]}.h5")
+    torch.set_num_threads(max(1, threads))
+    device = torch.device(device)
+    model, meta = load_affinitynet(model_path, device)
+    dataset, palette = VOCDataset(root), voc_palette()
+    with CAMReader(cam_h5) as reader, CAMWriter(part_h5, classes=dataset.classes, **store) as writer:
+        for image_id in ids:
+            cams, class_ids = reader.read(image_id)
+            image = dataset.load_image(image_id)
+            if cams.shape[1:] != image.shape[:2]:
+                raise ValueError(f"{reader.path}: image '{image_id}': CAMs are {cams.shape[1:]} (H, W) but the image "
+                                 f"{dataset.image_path(image_id)} is {image.shape[:2]}")  # fmt: skip
+            embedding = embed_image(model, image, device)
+            labels, walked = propagate_cams(embedding, torch.from_numpy(cams), class_ids, stride=meta["stride"],
+                                            radius=meta["radius"], **walk)  # fmt: skip
+            save_label_png(Path(out_dir) / f"{image_id}.png", labels, palette)
+            writer.write(image_id, walked, class_ids)
+    return part_h5
+
+
+def _merge(parts: list[str], out_h5: Path, classes, store: dict) -> None:
+    """Copy the part stores, in order, into one store at ``out_h5`` (float16 values round-trip exactly)."""
+    with CAMWriter(out_h5, classes=classes, **store) as writer:
+        for part in parts:
+            with CAMReader(part) as reader:
+                for image_id in reader.ids():
+                    writer.write(image_id, *reader.read(image_id))
+
+
+def propagate_split(cam_h5: str | os.PathLike, dataset_root: str | os.PathLike, split: str,
+                    model_path: str | os.PathLike, out_dir: str | os.PathLike, out_h5: str | os.PathLike, *,
+                    beta: float = 8, logt: int = 8, alpha: float = 16, workers: int = 1, threads: int = 1,
+                    device: str = "auto") -> dict:  # fmt: skip
+    """Random-walk the CAMs of every image of ``split`` with the AffinityNet ``model_path``.
+
+    ``beta``: affinity exponent; ``logt``: 2^logt walk steps; ``alpha``: background score exponent
+    (only the label PNGs depend on it). Returns ``{"images", "beta", "logt", "alpha", "radius", "seconds"}``.
+    """
+    start = time.perf_counter()
+    if not (beta > 0 and alpha > 0 and isinstance(logt, int) and 0 <= logt <= 16):
+        raise ValueError(f"random walk: need beta > 0, alpha > 0 and an integer logt in 0..16, "
+                         f"got beta={beta!r}, alpha={alpha!r}, logt={logt!r}")  # fmt: skip
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    device = select_device(device)
+    dataset = VOCDataset(dataset_root)
+    ids = dataset.ids(split)
+    meta = torch.load(model_path, map_location="cpu", weights_only=True)["meta"]
+    if meta["classes"] != list(dataset.classes):
+        raise ValueError(f"{model_path}: AffinityNet trained on classes {meta['classes']}, dataset "
+                         f"{dataset.root} has {list(dataset.classes)}")  # fmt: skip
+    with CAMReader(cam_h5) as reader:  # checked before any work, and closed again before any fork
+        check_store_covers(reader, dataset.classes, ids)
+        source = reader.attrs
+    walk = dict(beta=beta, logt=logt, alpha=alpha)
+    store = dict(scales=source["scales"], stride=meta["stride"], checkpoint_sha256=file_sha256(model_path),
+                 extra_attrs={"split": split, "refinement": "random_walk", "source_cams": str(cam_h5),
+                              "source_checkpoint_sha256": source["checkpoint_sha256"], "radius": meta["radius"],
+                              **walk})  # fmt: skip
+    if device.type == "cuda" and workers > 1:
+        log.info("random walk on %s: one process (workers=%d ignored; forked processes cannot share CUDA)",
+                 device, workers)  # fmt: skip
+        workers = 1
+    out_h5 = Path(out_h5)
+    out_h5.parent.mkdir(parents=True, exist_ok=True)
+    task = partial(_walk_images, str(cam_h5), str(dataset.root), str(model_path), store=store, walk=walk,
+                   device=str(device), threads=threads)  # fmt: skip
+    with atomic_dir(out_dir) as tmp:
+        if workers == 1 or len(ids) < 2:
+            task(ids, out_dir=str(tmp), part_h5=str(out_h5), part_dir=None)
+        else:
+            with tempfile.TemporaryDirectory(prefix=f".{out_h5.name}.parts-", dir=out_h5.parent) as parts:
+                chunk_task = partial(task, out_dir=str(tmp), part_h5=None, part_dir=parts)
+                _merge(fork_map_chunks(chunk_task, ids, workers), out_h5, dataset.classes, store)
+    log.info("random walk of %d images of '%s' -> %s, %s", len(ids), split, out_dir, out_h5)
+    return {"images": len(ids), **walk, "radius": meta["radius"], "seconds": round(time.perf_counter() - start, 3)}
