@@ -52,6 +52,16 @@ def zone_cuts(threshold: float, fg_margin: float, bg_margin: float) -> tuple[flo
     return round(threshold + fg_margin, 6), round(max(threshold - bg_margin, 0.0), 6)
 
 
+def image_cams(stage: str, image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int]) -> tuple[np.ndarray, list[int]]:
+    """``(cams as an array, class ids as ints)``, after checking the maps are (K, H, W) at the image's size."""
+    cams = np.asarray(cams)
+    class_ids = [int(c) for c in class_ids]
+    if cams.ndim != 3 or cams.shape[0] != len(class_ids) or cams.shape[1:] != np.shape(image)[:2]:
+        raise ValueError(f"{stage}: CAMs of shape {cams.shape} for {len(class_ids)} class id(s) "
+                         f"and an image of shape {np.shape(image)}; expected (K, H, W) at image size")  # fmt: skip
+    return cams, class_ids
+
+
 def pseudo_label(
     image: np.ndarray,
     cams: np.ndarray,
@@ -69,11 +79,7 @@ def pseudo_label(
     None for none. An image without class ids is all background.
     """
     fg_cut, bg_cut = zone_cuts(threshold, fg_margin, bg_margin)
-    cams = np.asarray(cams)
-    class_ids = [int(c) for c in class_ids]
-    if cams.ndim != 3 or cams.shape[0] != len(class_ids) or cams.shape[1:] != np.shape(image)[:2]:
-        raise ValueError(f"pseudo labels: CAMs of shape {cams.shape} for {len(class_ids)} class id(s) "
-                         f"and an image of shape {np.shape(image)}; expected (K, H, W) at image size")  # fmt: skip
+    cams, class_ids = image_cams("pseudo labels", image, cams, class_ids)
     if not class_ids:
         return np.zeros(cams.shape[1:], np.uint8)
     fg = cam_labels(cams, class_ids, fg_cut)
@@ -88,7 +94,8 @@ def pseudo_label(
     return out
 
 
-def _check_size(store: Path, image_id: str, what: str, shape: tuple, dataset: VOCDataset, image: np.ndarray) -> None:
+def check_map_size(store: Path, image_id: str, what: str, shape: tuple, dataset: VOCDataset, image: np.ndarray) -> None:
+    """Raise naming ``store`` and the image file unless a stored map of ``shape`` is at the image's resolution."""
     if tuple(shape) != image.shape[:2]:
         raise ValueError(
             f"{store}: image '{image_id}': {what} {tuple(shape)} (H, W) but the image "
@@ -109,11 +116,11 @@ def _label_images(cam_h5: str, root: str, ids: list[str], out_dir: str, *, label
         for image_id in ids:
             cams, class_ids = reader.read(image_id)
             image = dataset.load_image(image_id)
-            _check_size(reader.path, image_id, "CAMs are", cams.shape[1:], dataset, image)
+            check_map_size(reader.path, image_id, "CAMs are", cams.shape[1:], dataset, image)
             inputs = {}
             if saliency is not None:
                 inputs["saliency"] = saliency.read(image_id)
-                _check_size(saliency.path, image_id, "the saliency map is", inputs["saliency"].shape, dataset, image)
+                check_map_size(saliency.path, image_id, "the saliency map is", inputs["saliency"].shape, dataset, image)
             labels = label_fn(image, cams, class_ids, **inputs)
             void += bool((labels == IGNORE_INDEX).all())
             save_label_png(Path(out_dir) / f"{image_id}.png", labels, palette)

@@ -28,7 +28,7 @@ import numpy as np
 
 from wsss_core.data.voc_layout import IGNORE_INDEX
 from wsss_core.pseudo.crf import crf_probs
-from wsss_core.pseudo.labels import write_label_folder
+from wsss_core.pseudo.labels import image_cams, write_label_folder
 
 
 def background_score(cams: np.ndarray, alpha: float) -> np.ndarray:
@@ -64,11 +64,7 @@ def confident_labels(image: np.ndarray, cams: np.ndarray, class_ids: Sequence[in
     ``crf``: CRF params (see :mod:`wsss_core.pseudo.crf`) or None for none.
     """
     check_alphas(low_alpha, high_alpha)
-    cams = np.asarray(cams)
-    class_ids = [int(c) for c in class_ids]
-    if cams.ndim != 3 or cams.shape[0] != len(class_ids) or cams.shape[1:] != np.shape(image)[:2]:
-        raise ValueError(f"affinity labels: CAMs of shape {cams.shape} for {len(class_ids)} class id(s) "
-                         f"and an image of shape {np.shape(image)}; expected (K, H, W) at image size")  # fmt: skip
+    cams, class_ids = image_cams("affinity labels", image, cams, class_ids)
     fg = alpha_labels(image, cams, class_ids, alpha=low_alpha, crf=crf)
     bg = alpha_labels(image, cams, class_ids, alpha=high_alpha, crf=crf)
     out = np.where(fg == 0, np.uint8(IGNORE_INDEX), fg)

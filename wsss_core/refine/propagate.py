@@ -32,6 +32,7 @@ from wsss_core.cams.store import CAMReader, CAMWriter, check_store_covers
 from wsss_core.data.voc_layout import VOCDataset, voc_palette
 from wsss_core.fileio import atomic_dir, save_label_png
 from wsss_core.parallel import fork_map_chunks
+from wsss_core.pseudo.labels import check_map_size
 from wsss_core.refine.random_walk import propagate_cams
 from wsss_core.train.affinity import load_affinitynet
 from wsss_core.train.checkpoint import file_sha256
@@ -63,9 +64,7 @@ def _walk_images(cam_h5: str, root: str, model_path: str, ids: list[str], *, out
         for image_id in ids:
             cams, class_ids = reader.read(image_id)
             image = dataset.load_image(image_id)
-            if cams.shape[1:] != image.shape[:2]:
-                raise ValueError(f"{reader.path}: image '{image_id}': CAMs are {cams.shape[1:]} (H, W) but the image "
-                                 f"{dataset.image_path(image_id)} is {image.shape[:2]}")  # fmt: skip
+            check_map_size(reader.path, image_id, "CAMs are", cams.shape[1:], dataset, image)
             embedding = embed_image(model, image, device)
             labels, walked = propagate_cams(embedding, torch.from_numpy(cams), class_ids, stride=meta["stride"],
                                             radius=meta["radius"], **walk)  # fmt: skip
