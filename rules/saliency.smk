@@ -19,8 +19,8 @@ rule make_saliency:
     conda:
         "../envs/wsss.yaml"
     threads: 2
+    # no gpu: the pinned onnxruntime is the CPU build (onnxruntime-gpu would make this a GPU rule)
     resources:
-        gpu=1,
         mem_mb=2000,
         runtime=120,
     params:

@@ -15,7 +15,7 @@ from wsss_core.models.affinitynet import EMBED_CHANNELS, build_affinitynet
 from wsss_core.refine.affinity_labels import alpha_labels, confident_labels, make_affinity_labels
 from wsss_core.refine.propagate import embed_image, propagate_split
 from wsss_core.refine.random_walk import propagate_cams
-from wsss_core.train import affinity as affinity_module
+from wsss_core.train import checkpoint as checkpoint_module
 from wsss_core.train.affinity import load_affinitynet, train_affinity
 
 # Max-CAM values well away from the two cut points, ~0.2755 (alpha 4) and ~0.0770 (alpha 32).
@@ -140,7 +140,7 @@ def test_training_lowers_the_loss_and_resumes_to_the_same_weights(setup, monkeyp
     assert meta["stride"] == 8 and meta["classes"] == list(setup["dataset"].classes) and not model.training
     assert model(torch.zeros(1, 3, 40, 56)).shape == (1, EMBED_CHANNELS, 5, 7)
 
-    real_save = affinity_module.save_checkpoint
+    real_save = checkpoint_module.save_checkpoint
 
     def save_then_die(path, **kw):
         real_save(path, **kw)
@@ -148,11 +148,11 @@ def test_training_lowers_the_loss_and_resumes_to_the_same_weights(setup, monkeyp
 
     tmp = setup["tmp"]
     outputs = dict(out_model=tmp / "b.pt", out_history_csv=tmp / "b.csv", checkpoint_dir=tmp / "ck_b")
-    monkeypatch.setattr(affinity_module, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_affinity(setup["dataset"].root, "val", setup["labels"], **outputs, **TRAIN)
     assert (tmp / "ck_b" / "last.pt").exists() and not (tmp / "b.pt").exists()
-    monkeypatch.setattr(affinity_module, "save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", real_save)
     train_affinity(setup["dataset"].root, "val", setup["labels"], **outputs, **TRAIN)
     resumed, _ = load_affinitynet(tmp / "b.pt")
     for (name, pa), pb in zip(model.state_dict().items(), resumed.state_dict().values()):

@@ -11,7 +11,7 @@ from wsss_core.cams.infer import infer_cams, multiscale_cams, normalize_cams, si
 from wsss_core.cams.store import CAMReader
 from wsss_core.data.transforms import Augment
 from wsss_core.data.voc_layout import VOCDataset
-from wsss_core.train import classifier as classifier_module
+from wsss_core.train import checkpoint as checkpoint_module
 from wsss_core.train.classifier import load_classifier, method_settings, poly_lambda, train_classifier
 from wsss_core.train.loop import step_lambda
 
@@ -49,7 +49,7 @@ def test_training_uses_real_momentum_and_resumes_after_a_kill(tmp_path, tiny_dem
     assert not (tmp_path / "ck_a" / "last.pt").exists()  # superseded by the finished model
 
     # Same run, killed right after the first epoch's checkpoint, then started again.
-    real_save = classifier_module.save_checkpoint
+    real_save = checkpoint_module.save_checkpoint
     optimizers = []
 
     def save_then_die(path, **kw):
@@ -57,14 +57,14 @@ def test_training_uses_real_momentum_and_resumes_after_a_kill(tmp_path, tiny_dem
         real_save(path, **kw)
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(classifier_module, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_then_die)
     out_b = dict(out_model=tmp_path / "b.pt", out_history_csv=tmp_path / "b.csv", checkpoint_dir=tmp_path / "ck_b")
     with pytest.raises(KeyboardInterrupt):
         train_classifier(tiny_demo, "train", cfg, **out_b)
     group = optimizers[0].param_groups[0]
     assert group["momentum"] == cfg["momentum"] and group["weight_decay"] == cfg["weight_decay"]
     assert (tmp_path / "ck_b" / "last.pt").exists() and not (tmp_path / "b.pt").exists()
-    monkeypatch.setattr(classifier_module, "save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", real_save)
     train_classifier(tiny_demo, "train", cfg, **out_b)
 
     a, _ = load_classifier(tmp_path / "a.pt")

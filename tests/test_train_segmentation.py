@@ -13,8 +13,9 @@ from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset, voc_palette
 from wsss_core.fileio import save_label_png
 from wsss_core.models.deeplab import SEG_ARCH_KEYS, build_segmenter
 from wsss_core.train import segmentation as segmentation_module
+from wsss_core.train import checkpoint as checkpoint_module
 from wsss_core.train.checkpoint import seed_everything
-from wsss_core.train.loop import StateBundle, poly_lambda, write_history_csv
+from wsss_core.train.loop import StateBundle, autocast, grad_scaler, memory_format, poly_lambda, write_history_csv
 from wsss_core.train.segmentation import load_segmenter, segmentation_loss, train_segmentation
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -25,7 +26,8 @@ def seg_cfg(**changes) -> dict:
     cfg = dict(model="deeplab_v3plus", backbone="efficientnet_lite0", weights="random", weights_dir=None,
                output_stride=16, aspp_channels=32, frozen_bn=True, epochs=2, batch_size=8, lr=0.01,
                new_layer_lr_mult=10, momentum=0.9, weight_decay=1e-4, poly_power=0.9, crop_size=48,
-               scale_range=[0.75, 1.25], flip=True, color_jitter=0.2, num_workers=0, seed=0, amp=False)  # fmt: skip
+               scale_range=[0.75, 1.25], flip=True, color_jitter=0.2, num_workers=0, seed=0, amp=False,
+               amp_dtype="float16", channels_last=False)  # fmt: skip
     cfg.update(changes)
     return cfg
 
@@ -70,17 +72,17 @@ def test_trains_resumes_after_a_kill_and_round_trips(tmp_path, tiny_demo, monkey
         torch.testing.assert_close(model(x), built[0].eval()(x), rtol=0, atol=0)
 
     # Same run, killed right after the first epoch's checkpoint, then started again.
-    real_save = segmentation_module.save_checkpoint
+    real_save = checkpoint_module.save_checkpoint
 
     def save_then_die(path, **kw):
         real_save(path, **kw)
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(segmentation_module, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_segmentation(tiny_demo, "train", cfg, **outputs(tmp_path, "b"))
     assert (tmp_path / "ck_b" / "last.pt").exists() and not (tmp_path / "b.pt").exists()
-    monkeypatch.setattr(segmentation_module, "save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", real_save)
     train_segmentation(tiny_demo, "train", cfg, **outputs(tmp_path, "b"))
 
     b, _ = load_segmenter(tmp_path / "b.pt")
@@ -188,10 +190,23 @@ def test_label_problems_name_the_file_before_training(tmp_path, tiny_demo):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="AMP runs on CUDA only")
-def test_amp_on_cuda_trains_finite(tmp_path, tiny_demo):
-    cfg = seg_cfg(amp=True, epochs=1)
+@pytest.mark.parametrize("dtype,channels_last", [("float16", False), ("bfloat16", True)])
+def test_amp_on_cuda_trains_finite(tmp_path, tiny_demo, dtype, channels_last):
+    cfg = seg_cfg(amp=True, amp_dtype=dtype, channels_last=channels_last, epochs=1)
     summary = train_segmentation(tiny_demo, "train", cfg, device="cuda", **outputs(tmp_path, "amp"))
     assert np.isfinite(summary["final_loss"])
+    model, _ = load_segmenter(tmp_path / "amp.pt")  # weights saved in the plain layout, loadable anywhere
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_precision_and_layout_options_apply_on_cuda_only():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert autocast(cpu, True, "bfloat16").__class__.__name__ == "nullcontext"
+    assert not grad_scaler(cpu, True).is_enabled()
+    assert not grad_scaler(cuda, True, "bfloat16").is_enabled()  # bf16 needs no loss scaling
+    assert not grad_scaler(cuda, False).is_enabled()
+    assert memory_format(cuda, True) == torch.channels_last
+    assert memory_format(cpu, True) == memory_format(cuda, False) == torch.contiguous_format
 
 
 # ------------------------------------------------------------------ joint augmentation

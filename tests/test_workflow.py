@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -37,9 +38,38 @@ def test_dry_run_of_default_config_lists_the_data_stage(tmp_path):
         assert rule in out, out
 
 
+def plan(out):
+    """Snakemake's plan from a dry-run's output (not --quiet): ({(rule, wildcards): {reason: detail}}, summary).
+
+    Each job block has a line ``reason: A: x, y; B`` (the reasons joined by "; ", a detail after ": ");
+    the summary under ``Reasons:`` maps each reason, lower case, to the set of rules planned for it.
+    """
+    jobs, summary, lines = {}, {}, out.splitlines()
+    for i, line in enumerate(lines):
+        if job := re.fullmatch(r"(?:local)?rule (\w+):", line):
+            fields = {}
+            for field in lines[i + 1:]:
+                if not field.startswith("    "):
+                    break
+                key, _, value = field.strip().partition(": ")
+                fields[key] = value
+            reasons = (part.partition(": ") for part in fields["reason"].split("; "))
+            jobs[job[1], fields.get("wildcards", "")] = {kind: detail for kind, _, detail in reasons}
+    if "Reasons:" in lines:
+        rest = lines[lines.index("Reasons:") + 2:]  # after "(check individual jobs above for details)"
+        for heading, rules in zip(rest[::2], rest[1::2]):
+            if not (heading.startswith("    ") and heading.endswith(":") and rules.startswith("        ")):
+                break
+            summary[heading.strip()[:-1]] = set(rules.strip().split(", "))
+    return jobs, summary
+
+
 def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     repo = copy_workflow(tmp_path / "repo")  # a copy whose code this test edits
-    run_snakemake(tmp_path, "--cores", "2", *TINY, repo=repo)
+    # Two (pretend) GPUs shared through the lock-file slots; without CUDA the jobs holding them run on the CPU.
+    gpus = {"devices": [0, 1], "lock_dir": str(tmp_path / "gpu_locks")}
+    run_snakemake(tmp_path, "--cores", "2", "--resources", "gpu=2", *configs(tmp_path, "tiny.yaml", gpus=gpus),
+                  repo=repo)  # fmt: skip
     results = tmp_path / "results" / "demo_tiny"
     summary = json.loads((results / "data" / "dataset_summary.json").read_text())
     assert summary["label_source"] == "cls_labels.json"
@@ -61,6 +91,11 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
             assert (results / "logs" / topic / f"{name}.log").is_file(), name
             assert (results / "benchmarks" / topic / f"{name}.tsv").is_file(), name
     assert "images" in (results / "data" / "class_counts.csv").read_text().splitlines()[0]
+    for log in ("classifier/train_cam", "cams/infer_cam", f"affinity/random_walk_{main}", f"segmentation/predict_{main}"):
+        text = (results / "logs" / f"{log}.log").read_text()
+        assert re.search(r"GPU slot\(s\) \['[01]'\] held \(CUDA_VISIBLE_DEVICES=[01],", text), log
+    for log in ("cams/evaluate_cam", "saliency/make_saliency"):  # CPU rules
+        assert "GPU slot" not in (results / "logs" / f"{log}.log").read_text()
     for method in ("cam", "coattention"):
         assert (results / "classifier" / method / "model.pt").is_file()
     history = pd.read_csv(results / "classifier" / "coattention" / "train_history.csv")
@@ -129,10 +164,19 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     # A changed demo parameter reruns generation and everything after it.
     out = planned(*configs(tmp_path, "tiny.yaml", demo={"seed": 7}))
     assert all(r in out for r in ("demo_dataset", "validate_dataset", "train_classifier", "infer_cams", "summary"))
-    # A changed CAM parameter reruns CAM inference and what follows, not training or data.
-    out = planned(*configs(tmp_path, "tiny.yaml", cams={"scales": [1.0]}))
+    # A changed CAM parameter reruns CAM inference and what follows, not training or data
+    # (and Snakemake says why: the params of both inference rules, the new CAMs for what follows).
+    out = run_snakemake(tmp_path, "-n", *configs(tmp_path, "tiny.yaml", cams={"scales": [1.0]}), repo=repo).stdout
     assert all(r in out for r in ("infer_cams", "infer_coattentive_cams", "evaluate_cams", "summary"))
     assert not any(r in out for r in ("demo_dataset", "validate_dataset", "train_classifier"))
+    jobs, summary = plan(out)
+    for rule in ("infer_cams", "infer_coattentive_cams"):
+        assert set(jobs[rule, ""]) == {"Params have changed since last execution"}, jobs[rule, ""]
+        change = jobs[rule, ""]["Params have changed since last execution"]
+        assert re.search(r"before: .*'scales': \[1\.0, 0\.5\].* now: .*'scales': \[1\.0\]", change), change
+    assert summary["params have changed since last execution"] == {"infer_cams", "infer_coattentive_cams"}, summary
+    assert jobs["evaluate_cams", "cams=cam"] == {
+        "Input files updated by another job": "results/demo_tiny/cams/cam/train_aug.h5"}  # fmt: skip
     # Multi-round settings: the co-attentive CAMs only, not the baseline's.
     out = run_snakemake(tmp_path, "-n", *configs(tmp_path, "tiny.yaml", cams={"references": 2}), repo=repo).stdout
     assert "infer_coattentive_cams" in out and "rule infer_cams" not in out and "train_classifier" not in out
@@ -160,6 +204,49 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     # A changed evaluation split reruns validation only.
     out = planned(*configs(tmp_path, "tiny.yaml", dataset={"eval_split": "train"}))
     assert "validate_dataset" in out and "demo_dataset" not in out and "train_classifier" not in out
+
+    # Snakemake's stated reasons for code edits (from here on the copy's edits pile up; nothing is --touch'ed).
+    # An edited workflow script: "Code has changed" (its mtime), for that rule's jobs only; what follows them
+    # reruns for their new outputs. No CAM inference, training or data preparation.
+    with open(repo / "workflow_scripts" / "evaluate_cams.py", "a") as f:
+        f.write("# edited\n")
+    jobs, summary = plan(run_snakemake(tmp_path, "-n", *TINY, repo=repo).stdout)
+    for store in stores:
+        assert jobs["evaluate_cams", f"cams={store}"] == {"Code has changed since last execution": ""}, store
+    assert summary["code has changed since last execution"] == {"evaluate_cams"}, summary
+    assert {"summary", "make_pseudo_labels"} <= {rule for rule, _ in jobs}
+    assert not {rule for rule, _ in jobs} & {"demo_dataset", "validate_dataset", "train_classifier", "infer_cams",
+                                            "infer_coattentive_cams"}  # fmt: skip
+    # A wsss_core module only the co-attentive CAM inference imports: that rule, for the "updated input" it names,
+    # and its downstream; not the classifiers, the baseline's CAMs, the saliency maps or data preparation.
+    coattentive_cams = "repo/wsss_core/cams/coattention.py"  # as the rule's input, relative to the working dir
+    with open(tmp_path / coattentive_cams, "a") as f:
+        f.write("# edited\n")
+    jobs, summary = plan(run_snakemake(tmp_path, "-n", *TINY, repo=repo).stdout)
+    assert jobs["infer_coattentive_cams", ""] == {"Updated input files": coattentive_cams}
+    assert summary["updated input files"] == {"infer_coattentive_cams"}, summary
+    for store in ("coattention", main):
+        assert jobs["evaluate_cams", f"cams={store}"] == {
+            "Input files updated by another job": f"results/demo_tiny/cams/{store}/train_aug.h5"}  # fmt: skip
+    assert ("train_affinity", "") in jobs and ("train_segmentation", f"labels={main}") in jobs
+    assert ("train_segmentation", "labels=fully_supervised") not in jobs
+    assert not {rule for rule, _ in jobs} & {"demo_dataset", "validate_dataset", "train_classifier", "infer_cams",
+                                            "make_saliency"}  # fmt: skip
+    # The co-attention network's module: the co-attention classifier retrains for the updated input it names, and
+    # the co-attentive CAMs follow for the new model (Snakemake names only the first reason in a job's chain: the
+    # upstream job, not this job's own edited inputs); still no data preparation. (The baseline's training and
+    # CAM inference rerun too: train/classifier.py, which both methods run, imports models/coattention.py, and
+    # code() tracks modules, not the branch a method takes.)
+    coattention_net = "repo/wsss_core/models/coattention.py"
+    with open(tmp_path / coattention_net, "a") as f:
+        f.write("# edited\n")
+    jobs, summary = plan(run_snakemake(tmp_path, "-n", *TINY, repo=repo).stdout)
+    assert jobs["train_classifier", "method=coattention"] == {"Updated input files": coattention_net}
+    assert jobs["infer_coattentive_cams", ""] == {
+        "Input files updated by another job": "results/demo_tiny/classifier/coattention/model.pt"}  # fmt: skip
+    assert summary["updated input files"] == {"train_classifier"}, summary
+    assert ("evaluate_cams", f"cams={main}") in jobs and ("train_segmentation", f"labels={main}") in jobs
+    assert not {rule for rule, _ in jobs} & {"demo_dataset", "validate_dataset"}
 
 
 def test_bad_config_value_fails_at_parse_time_naming_the_key(tmp_path):

@@ -1,8 +1,8 @@
 """Rule infer_coattentive_cams: single- and multi-round CAMs of the co-attention classifier into HDF5."""
 from wsss_core.cams.coattention import coattentive_cams
-from wsss_core.workflow import logged
+from wsss_core.workflow import gpu_job, logged
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0]), gpu_job(snakemake):
     cams = snakemake.params.cams
     summary = coattentive_cams(
         snakemake.input.root,

@@ -1,8 +1,8 @@
 """Rule predict_segmentation: label maps of the evaluation split from a trained network."""
 from wsss_core.segmentation.predict import predict_split
-from wsss_core.workflow import logged
+from wsss_core.workflow import gpu_job, logged
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0]), gpu_job(snakemake):
     p = snakemake.params
     summary = predict_split(
         snakemake.input.model,

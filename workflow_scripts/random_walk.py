@@ -1,8 +1,8 @@
 """Rule random_walk: walk the CAMs over AffinityNet's affinities; labels + refined CAM store."""
 from wsss_core.refine.propagate import propagate_split
-from wsss_core.workflow import logged
+from wsss_core.workflow import gpu_job, logged
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0]), gpu_job(snakemake):
     summary = propagate_split(
         snakemake.input.cams,
         snakemake.input.root,

@@ -1,10 +1,14 @@
 """Rule train_affinity: train AffinityNet on the confident labels."""
 from wsss_core.train.affinity import train_affinity
-from wsss_core.workflow import logged
+from wsss_core.train.distributed import run_training
+from wsss_core.workflow import gpu_job, logged
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0]), gpu_job(snakemake) as gpus:
     p = snakemake.params
-    summary = train_affinity(
+    # one process per GPU the job holds (DistributedDataParallel when several)
+    summary = run_training(
+        train_affinity,
+        gpus,
         snakemake.input.root,
         p.split,
         snakemake.input.labels,

@@ -1,10 +1,14 @@
 """Rule train_classifier: train the CAM classifier on the training split."""
 from wsss_core.train.classifier import train_classifier
-from wsss_core.workflow import logged
+from wsss_core.train.distributed import run_training
+from wsss_core.workflow import gpu_job, logged
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0]), gpu_job(snakemake) as gpus:
     p = snakemake.params
-    summary = train_classifier(
+    # one process per GPU the job holds (DistributedDataParallel when several)
+    summary = run_training(
+        train_classifier,
+        gpus,
         snakemake.input.root,
         p.split,
         dict(p.cfg),

@@ -1,10 +1,14 @@
 """Rule train_segmentation: DeepLab on the pseudo labels, or on the GT masks for the reference."""
 from wsss_core.train.segmentation import train_segmentation
-from wsss_core.workflow import logged
+from wsss_core.train.distributed import run_training
+from wsss_core.workflow import gpu_job, logged
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0]), gpu_job(snakemake) as gpus:
     p = snakemake.params
-    summary = train_segmentation(
+    # one process per GPU the job holds (DistributedDataParallel when several)
+    summary = run_training(
+        train_segmentation,
+        gpus,
         snakemake.input.root,
         p.split,
         dict(p.cfg),

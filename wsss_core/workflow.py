@@ -84,3 +84,15 @@ def module_sources(package_root: str | Path, entry_modules: list[str]) -> list[P
                 continue
             todo += [p for p in map(resolve, targets) if p is not None]
     return sorted(seen)
+
+
+@contextlib.contextmanager
+def gpu_job(snakemake) -> Iterator[list[str]]:
+    """The GPUs of a rule's job: as many as its ``resources: gpu`` from the workstation's slots
+    (:mod:`wsss_core.gpu_slots`, config section ``gpus``), or those Slurm assigned. Yields their ids."""
+    from wsss_core.gpu_slots import gpu_slots
+
+    settings = snakemake.config.get("gpus") or {}
+    count = int(snakemake.resources.get("gpu", 0) or 0)
+    with gpu_slots(count, devices=settings.get("devices"), lock_dir=settings.get("lock_dir")) as ids:
+        yield ids

@@ -26,13 +26,12 @@ from tqdm import tqdm
 
 from wsss_core.data.joint_transforms import JointAugment
 from wsss_core.data.voc_layout import VOCDataset
-from wsss_core.fileio import atomic_file
 from wsss_core.models.affinitynet import AffinityNet, build_affinitynet
 from wsss_core.refine.random_walk import affinity_loss, displacements, pair_affinities, pair_indices
-from wsss_core.train.checkpoint import fingerprint, resume, save_checkpoint, seed_everything
-from wsss_core.train.devices import select_device
-from wsss_core.train.loop import (StateBundle, autocast, epoch_generator, grad_scaler, optimizer_step, poly_lambda,
-                                  sgd_two_groups, write_history_csv)  # fmt: skip
+from wsss_core.train.checkpoint import fingerprint, resume, save_epoch, save_final, seed_everything
+from wsss_core.train.distributed import setup
+from wsss_core.train.loop import (StateBundle, autocast, epoch_generator, grad_scaler, memory_format, optimizer_step,
+                                  poly_lambda, sgd_two_groups)  # fmt: skip
 from wsss_core.train.segmentation import LabelledPixels, label_fingerprint
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,8 @@ def train_affinity(dataset_root, split: str, label_dir, *, out_model, out_histor
                    batch_size: int = 8, lr: float = 0.01, new_layer_lr_mult: float = 10, momentum: float = 0.9,
                    weight_decay: float = 1e-4, poly_power: float = 0.9, crop_size: int = 448,
                    scale_range=(0.9, 1.5), flip: bool = True, color_jitter: float = 0.3, num_workers: int = 0,
-                   seed: int = 0, amp: bool = True, threads: int = 1, device: str = "auto") -> dict:  # fmt: skip
+                   seed: int = 0, amp: bool = True, amp_dtype: str = "float16", channels_last: bool = False,
+                   threads: int = 1, device: str = "auto") -> dict:  # fmt: skip
     """Train on ``split`` with confident labels ``<label_dir>/<id>.png``; writes ``out_model`` and the CSV.
 
     Raises FileNotFoundError naming the first missing label PNG before any training.
@@ -82,70 +82,77 @@ def train_affinity(dataset_root, split: str, label_dir, *, out_model, out_histor
     if not ids:
         raise ValueError(f"{ds.split_file(split)}: split '{split}' lists no images")
     labels_hash = label_fingerprint(Path(label_dir), ids)
-    device = select_device(device)
-    torch.set_num_threads(max(1, threads))
+    ctx = setup(device)  # one process, or one rank of a data-parallel job (train/distributed.py)
+    device = ctx.device
+    torch.set_num_threads(max(1, threads // ctx.world))
     seed_everything(seed)
 
     arch = {"backbone": backbone, "output_stride": output_stride}
-    model = build_affinitynet(arch, weights=weights, weights_dir=weights_dir, frozen_bn=frozen_bn).to(device)
+    model = build_affinitynet(arch, weights=weights, weights_dir=weights_dir, frozen_bn=frozen_bn)
+    model = model.to(device, memory_format=memory_format(device, channels_last))
+    net = ctx.wrap(model)  # what runs the forward: DDP around the model when there are several processes
     bb = model.backbone
     augment = JointAugment(crop_size, tuple(scale_range), tuple(bb.mean), tuple(bb.std), flip=flip,
                            color_jitter=color_jitter)  # fmt: skip
     data = LabelledPixels(ds, ids, augment, label_dir)
     batch_size = min(batch_size, len(data))
+    ctx.per_process_batch(batch_size, "affinity.batch_size")
     steps_per_epoch = len(data) // batch_size
     pretrained, new = model.param_groups()
     optimizer = sgd_two_groups(pretrained, new, lr=lr, new_layer_lr_mult=new_layer_lr_mult, momentum=momentum,
                                weight_decay=weight_decay)  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(steps_per_epoch * epochs, poly_power))
-    scaler = grad_scaler(device, amp)
+    scaler = grad_scaler(device, amp, amp_dtype)
     schedule = StateBundle(scheduler=scheduler, scaler=scaler)
 
     settings = dict(arch, weights=str(weights), weights_dir=weights_dir and str(weights_dir), frozen_bn=frozen_bn,
                     radius=radius, epochs=epochs, batch_size=batch_size, lr=lr, new_layer_lr_mult=new_layer_lr_mult,
                     momentum=momentum, weight_decay=weight_decay, poly_power=poly_power, crop_size=crop_size,
                     scale_range=list(scale_range), flip=flip, color_jitter=color_jitter, seed=seed,
-                    amp=amp)  # fmt: skip
+                    amp=amp, amp_dtype=amp_dtype)  # fmt: skip
     settings_hash = fingerprint({"settings": settings, "split": split, "ids": ids, "classes": ds.classes,
                                  "labels_sha256": labels_hash})  # fmt: skip
     checkpoint = Path(checkpoint_dir) / "last.pt"
     history, start_epoch = resume(checkpoint, settings_hash, model=model, optimizer=optimizer, scheduler=schedule)
     if start_epoch:
         log.info("resumed from %s after epoch %d", checkpoint, start_epoch)
+    ctx.decorrelate(seed, start_epoch)
     grid = crop_size // bb.stride
     ind_from, ind_to = (t.to(device) for t in pair_indices(grid, grid, radius))
     log.info("training AffinityNet (%s) on %d images of '%s' (labels: %s), %d epochs x %d steps, %d pairs per "
-             "crop, device %s", backbone, len(data), split, label_dir, epochs, steps_per_epoch, len(ind_from),
-             device)  # fmt: skip
+             "crop, device %s, %d process(es)", backbone, len(data), split, label_dir, epochs, steps_per_epoch,
+             len(ind_from), device, ctx.world)  # fmt: skip
 
     for epoch in range(start_epoch, epochs):
-        loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
-                            pin_memory=device.type == "cuda", generator=epoch_generator(seed, epoch))  # fmt: skip
+        generator = epoch_generator(seed, epoch)
+        loader = DataLoader(data, batch_sampler=ctx.batches(len(data), batch_size, shuffle=True, generator=generator),
+                            num_workers=num_workers, pin_memory=device.type == "cuda", generator=generator,
+                            worker_init_fn=ctx.worker_init if ctx.world > 1 else None)  # fmt: skip
         model.train()
         start, sums, seen = time.perf_counter(), dict.fromkeys(("total", *TERMS), 0.0), 0
-        for images, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", mininterval=10, ascii=True):
+        for images, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", mininterval=10, ascii=True,
+                                   disable=not ctx.is_main):  # fmt: skip
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with autocast(device, amp):
-                embedding = model(images)
+            with autocast(device, amp, amp_dtype):
+                embedding = net(images)
             aff = pair_affinities(embedding, radius)  # fp32, outside autocast
             terms = affinity_loss(aff, grid_labels(labels, bb.stride), ind_from, ind_to)
             optimizer_step(terms["total"], optimizer, scaler, scheduler)
             for name in sums:
                 sums[name] += terms[name].item() * len(images)
             seen += len(images)
+        sums = ctx.sum({**sums, "": seen})
+        seen = sums.pop("")
         means = {name: round(value / max(seen, 1), 6) for name, value in sums.items()}
         record = {"epoch": epoch + 1, "loss": means.pop("total"), **{f"loss_{k}": v for k, v in means.items()},
                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
         history.append(record)
         log.info("epoch %d: loss %.4f, %.1f s", record["epoch"], record["loss"], record["seconds"])
-        save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=schedule, epoch=epoch + 1,
-                        settings_hash=settings_hash, history=history)  # fmt: skip
+        save_epoch(ctx, checkpoint, model=model, optimizer=optimizer, scheduler=schedule, epoch=epoch + 1,
+                   settings_hash=settings_hash, history=history)  # fmt: skip
 
     meta = {"arch": arch, "classes": list(ds.classes), "mean": list(bb.mean), "std": list(bb.std),
             "stride": bb.stride, "radius": radius, "split": split, "labels": str(label_dir),
             "labels_sha256": labels_hash, "settings": settings}  # fmt: skip
-    with atomic_file(out_model) as tmp:
-        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
-    write_history_csv(out_history_csv, history)
-    checkpoint.unlink(missing_ok=True)  # the finished model supersedes it
+    save_final(ctx, out_model, model, meta, out_history_csv, history, checkpoint)
     return {"images": len(data), "epochs": epochs, "final_loss": history[-1]["loss"]}

@@ -90,3 +90,25 @@ def load_checkpoint(path: str | Path, settings_hash: str) -> dict | None:
     if payload.get("settings_hash") != settings_hash:
         return None
     return payload
+
+
+def save_epoch(ctx, path: str | Path, **state) -> None:
+    """End of an epoch: rank 0 writes the checkpoint (:func:`save_checkpoint` arguments); no rank of a
+    data-parallel job (``ctx``, train/distributed.py) runs ahead of the checkpoint it could be resumed from."""
+    if ctx.is_main:
+        save_checkpoint(path, **state)
+    ctx.barrier()
+
+
+def save_final(ctx, out_model, model, meta: dict, out_history_csv, history: list[dict], checkpoint: Path) -> None:
+    """End of training: rank 0 writes the model (weights in the plain layout whatever ``channels_last`` was, so
+    it loads anywhere) and the history, then drops the checkpoint the finished model supersedes."""
+    from wsss_core.train.loop import write_history_csv
+
+    if ctx.is_main:
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        with atomic_file(out_model) as tmp:
+            torch.save({"state_dict": state, "meta": meta}, tmp)
+        write_history_csv(out_history_csv, history)
+        checkpoint.unlink(missing_ok=True)
+    ctx.barrier()

@@ -22,14 +22,14 @@ from tqdm import tqdm
 
 from wsss_core.data.transforms import Augment
 from wsss_core.data.voc_layout import VOCDataset
-from wsss_core.fileio import atomic_file
 from wsss_core.models.backbones import build_backbone
 from wsss_core.models.cam_head import CAMNet
 from wsss_core.models.coattention import TARGET, CoAttentionNet
-from wsss_core.train.checkpoint import fingerprint, resume, save_checkpoint, seed_everything
+from wsss_core.train.checkpoint import fingerprint, resume, save_epoch, save_final, seed_everything
 from wsss_core.train.coattention import CoAttentionObjective, ImageSource
-from wsss_core.train.devices import select_device
-from wsss_core.train.loop import epoch_generator, poly_lambda, sgd_two_groups, step_lambda, write_history_csv
+from wsss_core.train.distributed import LossModule, setup
+from wsss_core.train.loop import (StateBundle, autocast, epoch_generator, grad_scaler, memory_format, optimizer_step,
+                                 poly_lambda, sgd_two_groups, step_lambda)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +121,19 @@ def method_settings(cfg: dict) -> dict:
 
 def train_classifier(dataset_root, split: str, cfg: dict, *, out_model, out_history_csv, checkpoint_dir,
                      threads: int = 1, device: str = "auto") -> dict:  # fmt: skip
-    """Train on ``split`` of the dataset with the ``classifier`` config section ``cfg``."""
+    """Train on ``split`` of the dataset with the ``classifier`` config section ``cfg``.
+
+    Run by ``torchrun`` (see ``train/distributed.py``), each process trains on its share of every global batch.
+    """
     cfg = method_settings(cfg)
-    device = select_device(device)
-    torch.set_num_threads(max(1, threads))
+    ctx = setup(device)
+    device = ctx.device
+    torch.set_num_threads(max(1, threads // ctx.world))
     seed_everything(cfg["seed"])
     ds = VOCDataset(dataset_root)
     arch = architecture(cfg)
     model = build_classifier(arch, ds.num_classes - 1, weights=cfg["weights"], weights_dir=cfg["weights_dir"],
-                             frozen_bn=cfg["frozen_bn"]).to(device)  # fmt: skip
+                             frozen_bn=cfg["frozen_bn"]).to(device, memory_format=memory_format(device, cfg["channels_last"]))  # fmt: skip
     bb = model.backbone
     augment = Augment(cfg["crop_size"], tuple(cfg["resize_long"]), tuple(bb.mean), tuple(bb.std),
                       flip=cfg["flip"], color_jitter=cfg["color_jitter"])  # fmt: skip
@@ -140,6 +144,7 @@ def train_classifier(dataset_root, split: str, cfg: dict, *, out_model, out_hist
         sources = image_sources(ds, split, cfg)
         objective = CoAttentionObjective(sources, augment, cfg)
     batch_size = min(cfg["batch_size"], len(objective))
+    ctx.per_process_batch(batch_size, "classifier.batch_size")
     steps_per_epoch = len(objective) // batch_size
     total_steps = steps_per_epoch * cfg["epochs"]
 
@@ -151,46 +156,51 @@ def train_classifier(dataset_root, split: str, cfg: dict, *, out_model, out_hist
     else:
         decay = poly_lambda(total_steps, cfg["poly_power"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+    scaler = grad_scaler(device, cfg["amp"], cfg["amp_dtype"])
+    schedule = StateBundle(scheduler=scheduler, scaler=scaler)
+    # the loss as one module's forward: DistributedDataParallel synchronises what runs in a forward
+    # (co-attention calls several sub-networks; its contrastive heads idle in the first epochs)
+    step = ctx.wrap(LossModule(model, objective.loss), find_unused_parameters=cfg["method"] == "coattention")
 
     settings_hash = fingerprint({"cfg": cfg, "split": split, "ids": {s.domain: s.ids for s in sources},
                                  "classes": ds.classes})  # fmt: skip
     checkpoint = Path(checkpoint_dir) / "last.pt"
-    history, start_epoch = resume(checkpoint, settings_hash, model=model, optimizer=optimizer, scheduler=scheduler)
+    history, start_epoch = resume(checkpoint, settings_hash, model=model, optimizer=optimizer, scheduler=schedule)
     if start_epoch:
         log.info("resumed from %s after epoch %d", checkpoint, start_epoch)
-    log.info("training %s (%s) on %d %s of '%s', %d epochs x %d steps, device %s", cfg["method"], cfg["backbone"],
-             len(objective), "images" if cfg["method"] == "cam" else "pairs", split, cfg["epochs"], steps_per_epoch,
-             device)  # fmt: skip
+    ctx.decorrelate(cfg["seed"], start_epoch)
+    log.info("training %s (%s) on %d %s of '%s', %d epochs x %d steps, device %s, %d process(es)", cfg["method"],
+             cfg["backbone"], len(objective), "images" if cfg["method"] == "cam" else "pairs", split, cfg["epochs"],
+             steps_per_epoch, device, ctx.world)  # fmt: skip
 
     for epoch in range(start_epoch, cfg["epochs"]):
         data, shuffle = objective.epoch_data(epoch)
         # A per-epoch generator makes the data order and augmentations independent of resumes.
-        loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle, drop_last=True,
-                            num_workers=cfg["num_workers"], pin_memory=device.type == "cuda",
-                            generator=epoch_generator(cfg["seed"], epoch))  # fmt: skip
+        generator = epoch_generator(cfg["seed"], epoch)
+        loader = DataLoader(data, batch_sampler=ctx.batches(len(data), batch_size, shuffle=shuffle, generator=generator),
+                            num_workers=cfg["num_workers"], pin_memory=device.type == "cuda", generator=generator,
+                            worker_init_fn=ctx.worker_init if ctx.world > 1 else None)  # fmt: skip
         model.train()
         start, sums, seen = time.perf_counter(), {}, 0
-        for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", mininterval=10, ascii=True):
-            terms = objective.loss(model, batch, epoch, device)
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
-            scheduler.step()
+        for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", mininterval=10, ascii=True,
+                          disable=not ctx.is_main):  # fmt: skip
+            with autocast(device, cfg["amp"], cfg["amp_dtype"]):
+                terms = step(batch, epoch, device)
+            optimizer_step(terms["total"].float(), optimizer, scaler, scheduler)
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.item() * len(batch[0])
             seen += len(batch[0])
+        sums = ctx.sum({**sums, "": seen})
+        seen = sums.pop("")
         means = {name: round(value / max(seen, 1), 6) for name, value in sums.items()}
         record = {"epoch": epoch + 1, "loss": means.pop("total", float("nan")), "lr": optimizer.param_groups[0]["lr"],
                   "seconds": round(time.perf_counter() - start, 2), **{f"loss_{k}": v for k, v in means.items()}}  # fmt: skip
         history.append(record)
         log.info("epoch %d: loss %.4f, %.1f s", record["epoch"], record["loss"], record["seconds"])
-        save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1,
-                        settings_hash=settings_hash, history=history)  # fmt: skip
+        save_epoch(ctx, checkpoint, model=model, optimizer=optimizer, scheduler=schedule, epoch=epoch + 1,
+                   settings_hash=settings_hash, history=history)  # fmt: skip
 
     meta = {"arch": arch, "classes": list(ds.classes), "stride": bb.stride,
             "mean": list(bb.mean), "std": list(bb.std), "split": split, "config": cfg}  # fmt: skip
-    with atomic_file(out_model) as tmp:
-        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
-    write_history_csv(out_history_csv, history)
-    checkpoint.unlink(missing_ok=True)  # the finished model supersedes it
+    save_final(ctx, out_model, model, meta, out_history_csv, history, checkpoint)
     return {"images": len(objective), "epochs": cfg["epochs"], "final_loss": history[-1]["loss"]}

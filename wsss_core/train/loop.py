@@ -46,16 +46,25 @@ def amp_enabled(device: torch.device, amp: bool) -> bool:
     return bool(amp) and device.type == "cuda"
 
 
-def autocast(device: torch.device, amp: bool):
-    """fp16 autocast on CUDA when ``amp``; a no-op context elsewhere."""
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def autocast(device: torch.device, amp: bool, dtype: str = "float16"):
+    """Autocast to ``dtype`` (float16 | bfloat16) on CUDA when ``amp``; a no-op context elsewhere."""
     if amp_enabled(device, amp):
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return torch.autocast(device_type="cuda", dtype=AMP_DTYPES[dtype])
     return contextlib.nullcontext()
 
 
-def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
-    """Loss scaling for fp16 gradients; a disabled scaler (scale() and step() pass through) without AMP."""
-    return torch.amp.GradScaler("cuda", enabled=amp_enabled(device, amp))
+def grad_scaler(device: torch.device, amp: bool, dtype: str = "float16") -> torch.amp.GradScaler:
+    """Loss scaling for fp16 gradients; a disabled scaler (scale() and step() pass through) without AMP
+    and for bfloat16, whose fp32-sized exponent does not underflow small gradients."""
+    return torch.amp.GradScaler("cuda", enabled=amp_enabled(device, amp) and dtype == "float16")
+
+
+def memory_format(device: torch.device, channels_last: bool) -> torch.memory_format:
+    """channels_last (NHWC) on CUDA when asked: faster convolutions on tensor cores, esp. under AMP."""
+    return torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
 
 
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

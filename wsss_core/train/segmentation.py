@@ -27,19 +27,18 @@ from tqdm import tqdm
 
 from wsss_core.data.joint_transforms import JointAugment
 from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset
-from wsss_core.fileio import atomic_file
 from wsss_core.models.deeplab import SEG_ARCH_KEYS, Segmenter, build_segmenter
-from wsss_core.train.checkpoint import fingerprint, resume, save_checkpoint, seed_everything
-from wsss_core.train.devices import select_device
-from wsss_core.train.loop import (StateBundle, autocast, epoch_generator, grad_scaler, optimizer_step, poly_lambda,
-                                  sgd_two_groups, write_history_csv)  # fmt: skip
+from wsss_core.train.checkpoint import fingerprint, resume, save_epoch, save_final, seed_everything
+from wsss_core.train.distributed import setup
+from wsss_core.train.loop import (StateBundle, autocast, epoch_generator, grad_scaler, memory_format, optimizer_step,
+                                  poly_lambda, sgd_two_groups)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 CONFIG_KEYS = (
     "model", "backbone", "weights", "weights_dir", "output_stride", "aspp_channels", "frozen_bn", "epochs",
     "batch_size", "lr", "new_layer_lr_mult", "momentum", "weight_decay", "poly_power", "crop_size", "scale_range",
-    "flip", "color_jitter", "num_workers", "seed", "amp",
+    "flip", "color_jitter", "num_workers", "seed", "amp", "amp_dtype", "channels_last",
 )  # fmt: skip
 
 
@@ -96,13 +95,20 @@ def label_fingerprint(label_dir: Path, ids: list[str]) -> str:
     return digest.hexdigest()
 
 
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """(mean cross-entropy over non-void pixels, 0 if there are none; correct pixels; non-void pixels)."""
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, mean_over: float | None = None
+                      ) -> tuple[torch.Tensor, int, int]:  # fmt: skip
+    """(mean cross-entropy over non-void pixels, 0 if there are none; correct pixels; non-void pixels).
+
+    ``mean_over``: the pixel count the summed loss is divided by, default this batch's non-void
+    pixels. Data-parallel training passes the global batch's count / processes, so that the
+    gradient DDP averages is the mean over the global batch's pixels, not a mean of per-process means.
+    """
     logits = logits.float()  # fp32 loss under autocast
     per_pixel = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")
     valid = labels != IGNORE_INDEX
     n_valid = int(valid.sum())
-    loss = per_pixel.sum() / max(n_valid, 1)  # ignored pixels are 0 in per_pixel, with zero gradient
+    # ignored pixels are 0 in per_pixel, with zero gradient
+    loss = per_pixel.sum() / max(n_valid if mean_over is None else mean_over, 1)
     correct = int(((logits.detach().argmax(1) == labels) & valid).sum())
     return loss, correct, n_valid
 
@@ -141,13 +147,16 @@ def train_segmentation(dataset_root, split: str, cfg: dict, *, label_dir=None, o
             raise FileNotFoundError(f"{missing[0]}: mask missing ({len(missing)} of split '{split}' missing)")
     else:
         labels_source, labels_hash = str(label_dir), label_fingerprint(Path(label_dir), ids)
-    device = select_device(device)
-    torch.set_num_threads(max(1, threads))
+    ctx = setup(device)  # one process, or one rank of a data-parallel job (train/distributed.py)
+    device = ctx.device
+    torch.set_num_threads(max(1, threads // ctx.world))
     seed_everything(cfg["seed"])
 
     arch = {k: cfg[k] for k in SEG_ARCH_KEYS}
     model = build_segmenter(arch, ds.num_classes, weights=cfg["weights"], weights_dir=cfg["weights_dir"],
-                            frozen_bn=cfg["frozen_bn"]).to(device)  # fmt: skip
+                            frozen_bn=cfg["frozen_bn"])  # fmt: skip
+    model = model.to(device, memory_format=memory_format(device, cfg["channels_last"]))
+    net = ctx.wrap(model)  # what runs the forward: DDP around the model when there are several processes
     augment = JointAugment(cfg["crop_size"], tuple(cfg["scale_range"]), tuple(model.mean), tuple(model.std),
                            flip=cfg["flip"], color_jitter=cfg["color_jitter"])  # fmt: skip
     data = LabelledPixels(ds, ids, augment, label_dir)
@@ -155,6 +164,7 @@ def train_segmentation(dataset_root, split: str, cfg: dict, *, label_dir=None, o
     if cfg["model"] == "deeplab_v3plus" and batch_size < 2:
         raise ValueError(f"config key segmentation.batch_size: deeplab_v3plus trains BatchNorm in its image-pooling "
                          f"branch and needs >= 2 images per batch, got {batch_size} ({len(data)} images)")  # fmt: skip
+    ctx.per_process_batch(batch_size, "segmentation.batch_size")
     steps_per_epoch = len(data) // batch_size
     total_steps = steps_per_epoch * cfg["epochs"]
 
@@ -162,7 +172,7 @@ def train_segmentation(dataset_root, split: str, cfg: dict, *, label_dir=None, o
     optimizer = sgd_two_groups(pretrained, new, lr=cfg["lr"], new_layer_lr_mult=cfg["new_layer_lr_mult"],
                                momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total_steps, cfg["poly_power"]))
-    scaler = grad_scaler(device, cfg["amp"])
+    scaler = grad_scaler(device, cfg["amp"], cfg["amp_dtype"])
     schedule = StateBundle(scheduler=scheduler, scaler=scaler)
 
     settings_hash = fingerprint({"cfg": cfg, "split": split, "ids": ids, "classes": ds.classes,
@@ -171,37 +181,43 @@ def train_segmentation(dataset_root, split: str, cfg: dict, *, label_dir=None, o
     history, start_epoch = resume(checkpoint, settings_hash, model=model, optimizer=optimizer, scheduler=schedule)
     if start_epoch:
         log.info("resumed from %s after epoch %d", checkpoint, start_epoch)
-    log.info("training %s/%s on %d images of '%s' (labels: %s), %d epochs x %d steps, device %s", cfg["model"],
-             cfg["backbone"], len(data), split, labels_source, cfg["epochs"], steps_per_epoch, device)  # fmt: skip
+    ctx.decorrelate(cfg["seed"], start_epoch)
+    log.info("training %s/%s on %d images of '%s' (labels: %s), %d epochs x %d steps, device %s, %d process(es)",
+             cfg["model"], cfg["backbone"], len(data), split, labels_source, cfg["epochs"], steps_per_epoch, device,
+             ctx.world)  # fmt: skip
 
     for epoch in range(start_epoch, cfg["epochs"]):
-        loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True,
-                            num_workers=cfg["num_workers"], pin_memory=device.type == "cuda",
-                            generator=epoch_generator(cfg["seed"], epoch))  # fmt: skip
+        generator = epoch_generator(cfg["seed"], epoch)
+        loader = DataLoader(data, batch_sampler=ctx.batches(len(data), batch_size, shuffle=True, generator=generator),
+                            num_workers=cfg["num_workers"], pin_memory=device.type == "cuda", generator=generator,
+                            worker_init_fn=ctx.worker_init if ctx.world > 1 else None)  # fmt: skip
         model.train()
         start, total, seen, correct, valid = time.perf_counter(), 0.0, 0, 0, 0
-        for images, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", mininterval=10, ascii=True):
+        for images, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", mininterval=10, ascii=True,
+                                   disable=not ctx.is_main):  # fmt: skip
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with autocast(device, cfg["amp"]):
-                logits = model(images)
-            loss, n_correct, n_valid = segmentation_loss(logits, labels)
+            with autocast(device, cfg["amp"], cfg["amp_dtype"]):
+                logits = net(images)
+            mean_over = None
+            if ctx.world > 1:  # the global batch's non-void pixels, shared out over the processes
+                mean_over = ctx.sum({"valid": int((labels != IGNORE_INDEX).sum())})["valid"] / ctx.world
+            loss, n_correct, n_valid = segmentation_loss(logits, labels, mean_over)
             optimizer_step(loss, optimizer, scaler, scheduler)
             total, seen = total + loss.item() * len(images), seen + len(images)
             correct, valid = correct + n_correct, valid + n_valid
+        sums = ctx.sum({"total": total, "seen": seen, "correct": correct, "valid": valid})
+        total, seen, correct, valid = sums["total"], sums["seen"], sums["correct"], sums["valid"]
         record = {"epoch": epoch + 1, "loss": round(total / max(seen, 1), 6),
                   "pixel_acc": round(correct / valid, 6) if valid else float("nan"),
                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
         history.append(record)
         log.info("epoch %d: loss %.4f, pixel acc %.4f, %.1f s", record["epoch"], record["loss"],
                  record["pixel_acc"], record["seconds"])  # fmt: skip
-        save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=schedule, epoch=epoch + 1,
-                        settings_hash=settings_hash, history=history)  # fmt: skip
+        save_epoch(ctx, checkpoint, model=model, optimizer=optimizer, scheduler=schedule, epoch=epoch + 1,
+                   settings_hash=settings_hash, history=history)  # fmt: skip
 
     meta = {"arch": arch, "classes": list(ds.classes), "mean": list(model.mean), "std": list(model.std),
             "stride": model.stride, "split": split, "labels": labels_source, "config": cfg}  # fmt: skip
-    with atomic_file(out_model) as tmp:
-        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
-    write_history_csv(out_history_csv, history)
-    checkpoint.unlink(missing_ok=True)  # the finished model supersedes it
+    save_final(ctx, out_model, model, meta, out_history_csv, history, checkpoint)
     return {"images": len(data), "epochs": cfg["epochs"], "final_loss": history[-1]["loss"],
             "final_pixel_acc": history[-1]["pixel_acc"]}  # fmt: skip
