@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from wsss_core.data.joint_transforms import JointAugment
@@ -30,7 +29,7 @@ from wsss_core.models.affinitynet import AffinityNet, build_affinitynet
 from wsss_core.refine.random_walk import affinity_loss, displacements, pair_affinities, pair_indices
 from wsss_core.train.checkpoint import fingerprint, resume, save_epoch, save_final, seed_everything
 from wsss_core.train.distributed import setup
-from wsss_core.train.loop import (StateBundle, autocast, epoch_generator, grad_scaler, memory_format, optimizer_step,
+from wsss_core.train.loop import (StateBundle, autocast, grad_scaler, memory_format, optimizer_step,
                                   poly_lambda, sgd_two_groups)  # fmt: skip
 from wsss_core.train.segmentation import LabelledPixels, label_fingerprint
 
@@ -124,10 +123,7 @@ def train_affinity(dataset_root, split: str, label_dir, *, out_model, out_histor
              len(ind_from), device, ctx.world)  # fmt: skip
 
     for epoch in range(start_epoch, epochs):
-        generator = epoch_generator(seed, epoch)
-        loader = DataLoader(data, batch_sampler=ctx.batches(len(data), batch_size, shuffle=True, generator=generator),
-                            num_workers=num_workers, pin_memory=device.type == "cuda", generator=generator,
-                            worker_init_fn=ctx.worker_init if ctx.world > 1 else None)  # fmt: skip
+        loader = ctx.loader(data, batch_size, shuffle=True, seed=seed, epoch=epoch, num_workers=num_workers)
         model.train()
         start, sums, seen = time.perf_counter(), dict.fromkeys(("total", *TERMS), 0.0), 0
         for images, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", mininterval=10, ascii=True,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from wsss_core.data.transforms import Augment
@@ -28,7 +28,7 @@ from wsss_core.models.coattention import TARGET, CoAttentionNet
 from wsss_core.train.checkpoint import fingerprint, resume, save_epoch, save_final, seed_everything
 from wsss_core.train.coattention import CoAttentionObjective, ImageSource
 from wsss_core.train.distributed import LossModule, setup
-from wsss_core.train.loop import (StateBundle, autocast, epoch_generator, grad_scaler, memory_format, optimizer_step,
+from wsss_core.train.loop import (StateBundle, autocast, grad_scaler, memory_format, optimizer_step,
                                  poly_lambda, sgd_two_groups, step_lambda)  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -175,11 +175,7 @@ def train_classifier(dataset_root, split: str, cfg: dict, *, out_model, out_hist
 
     for epoch in range(start_epoch, cfg["epochs"]):
         data, shuffle = objective.epoch_data(epoch)
-        # A per-epoch generator makes the data order and augmentations independent of resumes.
-        generator = epoch_generator(cfg["seed"], epoch)
-        loader = DataLoader(data, batch_sampler=ctx.batches(len(data), batch_size, shuffle=shuffle, generator=generator),
-                            num_workers=cfg["num_workers"], pin_memory=device.type == "cuda", generator=generator,
-                            worker_init_fn=ctx.worker_init if ctx.world > 1 else None)  # fmt: skip
+        loader = ctx.loader(data, batch_size, shuffle=shuffle, seed=cfg["seed"], epoch=epoch, num_workers=cfg["num_workers"])
         model.train()
         start, sums, seen = time.perf_counter(), {}, 0
         for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", mininterval=10, ascii=True,

@@ -34,6 +34,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from wsss_core.train.loop import epoch_generator
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +60,13 @@ class Context:
                              f"{self.world} processes (GPUs); use a multiple of {self.world}")  # fmt: skip
         return batch_size // self.world
 
-    def batches(self, n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator) -> GlobalBatches:
-        return GlobalBatches(n, batch_size, self.rank, self.world, shuffle=shuffle, generator=generator)
+    def loader(self, data, batch_size: int, *, shuffle: bool, seed: int, epoch: int, num_workers: int) -> DataLoader:
+        """One epoch of this process's slices of the global batches. The per-epoch generator makes the data
+        order and the workers' augmentation seeds independent of resumes."""
+        generator = epoch_generator(seed, epoch)
+        batches = GlobalBatches(len(data), batch_size, self.rank, self.world, shuffle=shuffle, generator=generator)
+        return DataLoader(data, batch_sampler=batches, num_workers=num_workers, pin_memory=self.device.type == "cuda",
+                          generator=generator, worker_init_fn=self.worker_init if self.world > 1 else None)  # fmt: skip
 
     def wrap(self, module: nn.Module, *, find_unused_parameters: bool = False) -> nn.Module:
         """``module`` itself in one process; else DDP around it (SyncBatchNorm on CUDA)."""

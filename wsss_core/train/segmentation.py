@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from wsss_core.data.joint_transforms import JointAugment
@@ -30,7 +30,7 @@ from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset
 from wsss_core.models.deeplab import SEG_ARCH_KEYS, Segmenter, build_segmenter
 from wsss_core.train.checkpoint import fingerprint, resume, save_epoch, save_final, seed_everything
 from wsss_core.train.distributed import setup
-from wsss_core.train.loop import (StateBundle, autocast, epoch_generator, grad_scaler, memory_format, optimizer_step,
+from wsss_core.train.loop import (StateBundle, autocast, grad_scaler, memory_format, optimizer_step,
                                   poly_lambda, sgd_two_groups)  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -187,10 +187,7 @@ def train_segmentation(dataset_root, split: str, cfg: dict, *, label_dir=None, o
              ctx.world)  # fmt: skip
 
     for epoch in range(start_epoch, cfg["epochs"]):
-        generator = epoch_generator(cfg["seed"], epoch)
-        loader = DataLoader(data, batch_sampler=ctx.batches(len(data), batch_size, shuffle=True, generator=generator),
-                            num_workers=cfg["num_workers"], pin_memory=device.type == "cuda", generator=generator,
-                            worker_init_fn=ctx.worker_init if ctx.world > 1 else None)  # fmt: skip
+        loader = ctx.loader(data, batch_size, shuffle=True, seed=cfg["seed"], epoch=epoch, num_workers=cfg["num_workers"])
         model.train()
         start, total, seen, correct, valid = time.perf_counter(), 0.0, 0, 0, 0
         for images, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", mininterval=10, ascii=True,
