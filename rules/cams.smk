@@ -12,15 +12,17 @@ wildcard_constraints:
 rule infer_cams:
     """CAMs of every training image, restricted to its labelled classes, max-normalised."""
     input:
-        model=CLS_DIR / "cam" / "model.pt",
+        model=CLS_DIR / "{cams}" / "model.pt",
         root=dataset_root(),
         code=code("cams/infer.py"),
     output:
-        CAM_DIR / "cam" / f"{CAM_SPLIT}.h5",
+        CAM_DIR / "{cams}" / f"{CAM_SPLIT}.h5",
     log:
-        LOGS / "cams" / "infer_cam.log",
+        LOGS / "cams" / "infer_{cams}.log",
     benchmark:
-        BENCH / "cams" / "infer_cam.tsv"
+        BENCH / "cams" / "infer_{cams}.tsv"
+    wildcard_constraints:
+        cams=one_of(PLAIN_CAMS),
     conda:
         "../envs/wsss.yaml"
     threads: 2
@@ -40,16 +42,18 @@ rule infer_coattentive_cams:
     CAMs (self-pairs + reference images sharing each class, features cached once per image).
     """
     input:
-        model=CLS_DIR / "coattention" / "model.pt",
+        model=CLS_DIR / "{method}" / "model.pt",
         root=dataset_root(),
         code=code("cams/coattention.py"),
     output:
-        single=CAM_DIR / "coattention" / f"{CAM_SPLIT}.h5",
-        multi=CAM_DIR / MULTIROUND / f"{CAM_SPLIT}.h5",
+        single=CAM_DIR / "{method}" / f"{CAM_SPLIT}.h5",
+        multi=CAM_DIR / "{method}_multiround" / f"{CAM_SPLIT}.h5",
     log:
-        LOGS / "cams" / "infer_coattention.log",
+        LOGS / "cams" / "infer_{method}.log",
     benchmark:
-        BENCH / "cams" / "infer_coattention.tsv"
+        BENCH / "cams" / "infer_{method}.tsv"
+    wildcard_constraints:
+        method=one_of(COATTENTIVE),
     conda:
         "../envs/wsss.yaml"
     threads: 2
@@ -64,6 +68,36 @@ rule infer_coattentive_cams:
         },
     script:
         "../workflow_scripts/infer_coattentive_cams.py"
+
+
+rule merge_erasing_rounds:
+    """Adversarial erasing: the rounds' CAMs merged (per class and pixel the maximum: the union of the
+    regions each round mined, at every threshold)."""
+    input:
+        rounds=lambda wildcards: [
+            CAM_DIR / r / f"{CAM_SPLIT}.h5"
+            for r in round_classifiers(wildcards.variant)
+        ],
+        root=dataset_root(),
+        code=code("cams/merge.py"),
+    output:
+        CAM_DIR / "{variant}" / f"{CAM_SPLIT}.h5",
+    log:
+        LOGS / "cams" / "merge_{variant}.log",
+    benchmark:
+        BENCH / "cams" / "merge_{variant}.tsv"
+    wildcard_constraints:
+        variant=one_of(ERASING),
+    conda:
+        "../envs/wsss.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        split=CAM_SPLIT,
+    script:
+        "../workflow_scripts/merge_cam_stores.py"
 
 
 rule evaluate_cams:

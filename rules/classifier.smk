@@ -1,11 +1,8 @@
 # Classifier stage: learn a classifier from the image-level labels of the training split.
-# {method}: cam (the plain-CAM baseline) or coattention (pairs of images, Sun et al. ECCV 2020).
+# {method}: cam (the plain-CAM baseline) or coattention (pairs of images, Sun et al. ECCV 2020), each with
+# optional add-ons (cam+puzzle, coattention+binomial, ...; see common.smk).
 
 CLS_DIR = RESULTS / "classifier"
-
-
-wildcard_constraints:
-    method="|".join(re.escape(m) for m in CLASSIFIERS),
 
 
 rule train_classifier:
@@ -33,6 +30,8 @@ rule train_classifier:
         LOGS / "classifier" / "train_{method}.log",
     benchmark:
         BENCH / "classifier" / "train_{method}.tsv"
+    wildcard_constraints:
+        method=one_of(TRAINED),
     conda:
         "../envs/wsss.yaml"
     threads: 2
@@ -45,5 +44,58 @@ rule train_classifier:
         split=DATASET["train_split"],
         # not an output: survives a kill so that --rerun-incomplete resumes training
         checkpoint_dir=lambda wildcards: CLS_DIR / wildcards.method / "checkpoints",
+    script:
+        "../workflow_scripts/train_classifier.py"
+
+
+# Adversarial erasing: round {round} >= 2 of a variant trains a fresh classifier on the training images with
+# what the CAMs of rounds 1..round-1 found painted over. Every round is a job of its own (model, log, benchmark,
+# checkpoints), so rounds cache and rerun independently; one rule for all rounds keeps the rule names (and a
+# SLURM profile's set-resources) independent of classifier.erasing.rounds.
+rule train_erasing_round:
+    """Adversarial erasing, round >= 2: the classifier variant retrained on the images with the regions of the
+    earlier rounds' CAMs (above classifier.erasing.threshold) painted over."""
+    input:
+        dataset_summary=ancient(RESULTS / "data" / "dataset_summary.json"),
+        root=dataset_root(),
+        extra=lambda wildcards: (
+            [s["root"] for s in CLS["coattention"]["extra_sources"]]
+            if parse_variant(wildcards.variant)[0] == "coattention"
+            else []
+        ),
+        # the earlier rounds' CAM stores: the regions to erase
+        erase=lambda wildcards: [
+            RESULTS / "cams" / c / f"{DATASET['train_split']}.h5"
+            for c in round_classifiers(wildcards.variant)[: int(wildcards.round) - 1]
+        ],
+        code=code("train/classifier.py"),
+    output:
+        model=CLS_DIR / "{variant}_round{round}" / "model.pt",
+        history=report(
+            CLS_DIR / "{variant}_round{round}" / "train_history.csv",
+            category="Classifier",
+            subcategory="{variant} round {round}",
+            caption="../report/train_history.rst",
+        ),
+    log:
+        LOGS / "classifier" / "train_{variant}_round{round}.log",
+    benchmark:
+        BENCH / "classifier" / "train_{variant}_round{round}.tsv"
+    wildcard_constraints:
+        variant=one_of(ERASING),
+        round=one_of([str(r) for r in range(2, ROUNDS + 1)]),
+    conda:
+        "../envs/wsss.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=720,
+    params:
+        cfg=lambda wildcards: classifier_config(wildcards.variant),
+        split=DATASET["train_split"],
+        checkpoint_dir=lambda wildcards: CLS_DIR
+        / f"{wildcards.variant}_round{wildcards.round}"
+        / "checkpoints",
     script:
         "../workflow_scripts/train_classifier.py"

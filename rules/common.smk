@@ -66,39 +66,97 @@ def dataset_root():
     return DATA / DATASET["name"]
 
 
-# Classifiers and their CAMs. The {method} wildcard names a classifier (cam | coattention); the {cams}
-# wildcard a CAM store: a classifier's single-round CAMs are named after it, the multi-round
-# co-attentive CAMs of the co-attention classifier "coattention_multiround".
+# Classifiers and their CAMs. The {method} wildcard names a classifier variant: a method (cam |
+# coattention) with add-ons (wsss_core/train/variants.py), e.g. cam+puzzle; the {cams} wildcard a CAM
+# store: a classifier's single-round CAMs are named after it, the multi-round co-attentive CAMs of a
+# co-attention classifier "<name>_multiround", and adversarial erasing adds one classifier and CAM store
+# per round after the first ("<name>_round<r>") and the rounds' merged CAMs under the variant's name.
+from wsss_core.train.variants import ADDONS, METHODS, canonical, parse_variant, without
+
 CLS = config["classifier"]
 CAMS = config["cams"]
-# baseline first, as summary.csv lists them
-CLASSIFIERS = [
-    m for m in ("cam", "coattention") if m == CLS["method"] or m in CLS["compare"]
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly ``names`` (nothing at all when there are none)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def _variant(name, key):
+    try:
+        return canonical(name, key)
+    except ValueError as err:
+        raise WorkflowError(str(err))
+
+
+MAIN_CLASSIFIER = _variant(CLS["method"], "classifier.method")
+_compared = [
+    _variant(v, f"classifier.compare[{i}]") for i, v in enumerate(CLS["compare"])
 ]
-MULTIROUND = "coattention_multiround"
 
 
-def cam_stores(method):
-    """The CAM stores computed from a classifier."""
-    multi = method == "coattention" and CAMS["multiround"]
-    return [method] + ([MULTIROUND] if multi else [])
+def _order(name):
+    method, addons = parse_variant(name)
+    return len(addons), METHODS.index(method), [ADDONS.index(a) for a in addons]
 
 
-CAM_STORES = [store for method in CLASSIFIERS for store in cam_stores(method)]
+# baseline first, as summary.csv lists them
+CLASSIFIERS = sorted({MAIN_CLASSIFIER, *_compared}, key=_order)
+ROUNDS = CLS["erasing"]["rounds"]
+
+
+def erasing(name):
+    return "erasing" in parse_variant(name)[1]
+
+
+def round_classifiers(name):
+    """The classifiers of an adversarial-erasing variant's rounds: round 1 is the variant without erasing."""
+    return [without(name, "erasing")] + [
+        f"{name}_round{r}" for r in range(2, ROUNDS + 1)
+    ]
+
+
+def multiround(name):
+    """Whether a classifier trained by train_classifier also gets multi-round co-attentive CAMs."""
+    return CAMS["multiround"] and parse_variant(name)[0] == "coattention"
+
+
+def cam_stores(name):
+    """The CAM stores computed from a classifier variant, the one it is judged by last."""
+    if erasing(name):
+        return [*round_classifiers(name), name]
+    return [name] + ([f"{name}_multiround"] if multiround(name) else [])
+
+
+# every classifier trained by train_classifier (erasing rounds after the first have rules of their own)
+TRAINED = sorted(
+    {t for v in CLASSIFIERS for t in (round_classifiers(v)[:1] if erasing(v) else [v])},
+    key=_order,
+)
+ERASING = [v for v in CLASSIFIERS if erasing(v)]
+# classifiers whose single-round CAMs infer_coattentive_cams writes (with the multi-round ones), and
+# those whose CAMs infer_cams writes
+COATTENTIVE = [t for t in TRAINED if multiround(t)]
+PLAIN_CAMS = [t for t in TRAINED if not multiround(t)] + [
+    r for v in ERASING for r in round_classifiers(v)[1:]
+]
+CAM_STORES = list(dict.fromkeys(s for v in CLASSIFIERS for s in cam_stores(v)))
 # the CAMs that make the pseudo labels: the best the main classifier offers
-MAIN_CAMS = cam_stores(CLS["method"])[-1]
+MAIN_CAMS = cam_stores(MAIN_CLASSIFIER)[-1]
 
 
-def classifier_config(method):
-    """The classifier section as a classifier of ``method`` is trained with: the shared settings,
-    plus the co-attention ones only where they apply (so editing them retrains only that classifier).
+def classifier_config(name):
+    """The classifier section as the variant ``name`` is trained with: the shared settings plus the
+    sections of its method and add-ons only (so editing them retrains only the classifiers they apply to).
     """
-    cfg = {
-        k: v for k, v in CLS.items() if k not in ("method", "compare", "coattention")
-    }
-    cfg["method"] = method
+    method, addons = parse_variant(name)
+    own = ("method", "compare", "coattention", *ADDONS)
+    cfg = {k: v for k, v in CLS.items() if k not in own}
+    cfg["method"], cfg["addons"] = method, list(addons)
     if method == "coattention":
         cfg["coattention"] = CLS["coattention"]
+    for addon in addons:
+        cfg[addon] = CLS[addon]
     return cfg
 
 

@@ -31,3 +31,32 @@ rule summary:
         reference=REFERENCE if EVAL["fully_supervised"] else None,
     script:
         "../workflow_scripts/summary.py"
+
+
+rule cam_summary:
+    """The CAM rows alone (every classifier variant and CAM store) in results/<name>/cam_summary.csv: the
+    target for comparing classifiers without running the later stages (snakemake cam_summary).
+    """
+    input:
+        rows=expand(rules.evaluate_cams.output.summary_row, cams=CAM_STORES),
+        code=code("results.py"),
+    output:
+        report(
+            RESULTS / "cam_summary.csv",
+            category="Summary",
+            caption="../report/summary.rst",
+        ),
+    log:
+        LOGS / "cam_summary.log",
+    benchmark:
+        BENCH / "cam_summary.tsv"
+    conda:
+        "../envs/wsss.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        reference=None,
+    script:
+        "../workflow_scripts/summary.py"

@@ -145,7 +145,8 @@ def test_tiny_demo_runs_through_the_slurm_profile_on_a_fake_cluster(tmp_path, mo
 
     table = pd.read_csv(work / "results" / "demo_tiny" / "summary.csv")
     main = "coattention_multiround"
-    stores = ("cam", "coattention", main, f"{main}_random_walk")
+    addons = "cam+puzzle+binomial+erasing"  # config/tiny.yaml: erasing in 2 rounds
+    stores = ("cam", "coattention", main, "cam+puzzle+binomial", f"{addons}_round2", addons, f"{main}_random_walk")
     recipes = ("confident", "saliency", "random_walk", "random_walk_saliency")
     assert table[["stage", "method", "split"]].values.tolist() == [
         *[["cams", store, "train_aug"] for store in stores],

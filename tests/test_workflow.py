@@ -76,9 +76,13 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     assert sum(s["images"] for s in summary["splits"].values()) == 40
     assert (tmp_path / "data" / "demo_tiny" / "JPEGImages").is_dir()
     main = "coattention_multiround"  # the CAMs that make the pseudo labels by default
+    addons = "cam+puzzle+binomial+erasing"  # all three add-ons; erasing in 2 rounds, the first cam+puzzle+binomial
+    first, second = "cam+puzzle+binomial", f"{addons}_round2"
     recipes = ("confident", "saliency", "random_walk", "random_walk_saliency")  # main recipe first
-    rules = {"data": ["demo_dataset", "validate_dataset"], "classifier": ["train_cam", "train_coattention"],
-             "cams": ["infer_cam", "infer_coattention", "evaluate_cam", "evaluate_coattention", f"evaluate_{main}"],
+    rules = {"data": ["demo_dataset", "validate_dataset"],
+             "classifier": ["train_cam", "train_coattention", f"train_{first}", f"train_{second}"],
+             "cams": ["infer_cam", "infer_coattention", "evaluate_cam", "evaluate_coattention", f"evaluate_{main}",
+                      f"infer_{first}", f"infer_{second}", f"merge_{addons}", f"evaluate_{addons}"],
              "saliency": ["make_saliency"],
              "affinity": [f"labels_{main}", f"train_{main}", f"random_walk_{main}"],
              "pseudo_labels": [f"make_{main}_{r}" for r in ("confident", "saliency", "random_walk_saliency")]
@@ -101,7 +105,11 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     history = pd.read_csv(results / "classifier" / "coattention" / "train_history.csv")
     assert {"loss_single", "loss_common", "loss_exclusive", "loss_self"} <= set(history.columns)
     assert history["loss_exclusive"].tolist()[0] == 0 < history["loss_exclusive"].tolist()[1]  # from epoch 1 on
-    stores = ("cam", "coattention", main, f"{main}_random_walk")
+    for name in (first, second):  # the add-ons' loss terms, in both rounds
+        history = pd.read_csv(results / "classifier" / name / "train_history.csv")
+        assert {"loss_cls", "loss_puzzle_cls", "loss_puzzle_reconstruction", "loss_sampling",
+                "loss_similarity"} <= set(history.columns), name  # fmt: skip
+    stores = ("cam", "coattention", main, first, second, addons, f"{main}_random_walk")
     for store in stores:
         assert (results / "cams" / store / "train_aug.h5").is_file()
     train_ids = (tmp_path / "data" / "demo_tiny" / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split()
@@ -170,13 +178,27 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     assert all(r in out for r in ("infer_cams", "infer_coattentive_cams", "evaluate_cams", "summary"))
     assert not any(r in out for r in ("demo_dataset", "validate_dataset", "train_classifier"))
     jobs, summary = plan(out)
-    for rule in ("infer_cams", "infer_coattentive_cams"):
-        assert set(jobs[rule, ""]) == {"Params have changed since last execution"}, jobs[rule, ""]
-        change = jobs[rule, ""]["Params have changed since last execution"]
+    for job in (("infer_cams", "cams=cam"), ("infer_coattentive_cams", "method=coattention")):
+        assert set(jobs[job]) == {"Params have changed since last execution"}, jobs[job]
+        change = jobs[job]["Params have changed since last execution"]
         assert re.search(r"before: .*'scales': \[1\.0, 0\.5\].* now: .*'scales': \[1\.0\]", change), change
     assert summary["params have changed since last execution"] == {"infer_cams", "infer_coattentive_cams"}, summary
     assert jobs["evaluate_cams", "cams=cam"] == {
         "Input files updated by another job": "results/demo_tiny/cams/cam/train_aug.h5"}  # fmt: skip
+    # (new CAMs of the first erasing round: new erased images, so the second round retrains)
+    assert ("train_erasing_round", f"variant={addons}, round=2") in jobs
+    # Add-on settings: the classifiers that use them, and each erasing round on its own.
+    jobs, _ = plan(run_snakemake(tmp_path, "-n", *configs(tmp_path, "tiny.yaml", classifier={"erasing": {
+        "threshold": 0.4}}), repo=repo).stdout)  # fmt: skip
+    second_round = jobs["train_erasing_round", f"variant={addons}, round=2"]
+    assert set(second_round) == {"Params have changed since last execution"}, second_round
+    assert ("merge_erasing_rounds", f"variant={addons}") in jobs
+    assert not {rule for rule, _ in jobs} & {"train_classifier", "infer_coattentive_cams"}
+    assert ("infer_cams", f"cams={first}") not in jobs
+    jobs, _ = plan(run_snakemake(tmp_path, "-n", *configs(tmp_path, "tiny.yaml", classifier={"puzzle": {
+        "alpha": 2.0}}), repo=repo).stdout)  # fmt: skip
+    assert {job for job in jobs if job[0] == "train_classifier"} == {("train_classifier", f"method={first}")}
+    assert ("train_erasing_round", f"variant={addons}, round=2") in jobs  # its own settings and its first round's CAMs
     # Multi-round settings: the co-attentive CAMs only, not the baseline's.
     out = run_snakemake(tmp_path, "-n", *configs(tmp_path, "tiny.yaml", cams={"references": 2}), repo=repo).stdout
     assert "infer_coattentive_cams" in out and "rule infer_cams" not in out and "train_classifier" not in out
@@ -223,7 +245,7 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     with open(tmp_path / coattentive_cams, "a") as f:
         f.write("# edited\n")
     jobs, summary = plan(run_snakemake(tmp_path, "-n", *TINY, repo=repo).stdout)
-    assert jobs["infer_coattentive_cams", ""] == {"Updated input files": coattentive_cams}
+    assert jobs["infer_coattentive_cams", "method=coattention"] == {"Updated input files": coattentive_cams}
     assert summary["updated input files"] == {"infer_coattentive_cams"}, summary
     for store in ("coattention", main):
         assert jobs["evaluate_cams", f"cams={store}"] == {
@@ -242,7 +264,7 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
         f.write("# edited\n")
     jobs, summary = plan(run_snakemake(tmp_path, "-n", *TINY, repo=repo).stdout)
     assert jobs["train_classifier", "method=coattention"] == {"Updated input files": coattention_net}
-    assert jobs["infer_coattentive_cams", ""] == {
+    assert jobs["infer_coattentive_cams", "method=coattention"] == {
         "Input files updated by another job": "results/demo_tiny/classifier/coattention/model.pt"}  # fmt: skip
     assert summary["updated input files"] == {"train_classifier"}, summary
     assert ("evaluate_cams", f"cams={main}") in jobs and ("train_segmentation", f"labels={main}") in jobs

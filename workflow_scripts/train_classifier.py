@@ -1,4 +1,4 @@
-"""Rule train_classifier: train the CAM classifier on the training split."""
+"""Rules train_classifier and train_erasing_round: train a classifier variant on the training split."""
 from wsss_core.train.classifier import train_classifier
 from wsss_core.train.distributed import run_training
 from wsss_core.workflow import gpu_job, logged
@@ -15,6 +15,8 @@ with logged(snakemake.log[0]), gpu_job(snakemake) as gpus:
         out_model=snakemake.output.model,
         out_history_csv=snakemake.output.history,
         checkpoint_dir=p.checkpoint_dir,
+        # adversarial-erasing rounds after the first: the earlier rounds' CAMs
+        erase_cams=list(getattr(snakemake.input, "erase", [])),
         threads=snakemake.threads,
     )
     print(summary)

@@ -3,7 +3,10 @@
 ``method`` picks the network and what it learns from (an "objective": data + loss):
 ``cam``, backbone -> 1x1 class conv -> global average pooling on single images; or
 ``coattention``, the same plus co-attention heads trained on pairs of images sharing a
-class (``train/coattention.py``). Both use multilabel soft-margin losses and this one
+class (``train/coattention.py``). Both use multilabel soft-margin losses, and both take the
+add-ons of ``train/variants.py``: extra loss terms on the single-image CAMs (Puzzle-CAM,
+binomial importance sampling + feature similarity) and adversarial erasing (the training images
+of a later round, with what earlier rounds' CAMs found painted over). All share this one
 loop: SGD with momentum and a poly learning-rate decay (new layers at
 ``new_layer_lr_mult`` times the backbone's rate), checkpointed every epoch and resumed
 after a kill. Every hyper-parameter comes from the ``classifier`` section of the config.
@@ -25,17 +28,19 @@ from wsss_core.data.voc_layout import VOCDataset
 from wsss_core.models.backbones import build_backbone
 from wsss_core.models.cam_head import CAMNet
 from wsss_core.models.coattention import TARGET, CoAttentionNet
+from wsss_core.train.addons import add_terms, loss_addons
 from wsss_core.train.checkpoint import fingerprint, resume, save_epoch, save_final, seed_everything
 from wsss_core.train.coattention import CoAttentionObjective, ImageSource
 from wsss_core.train.distributed import LossModule, setup
+from wsss_core.train.erasing import ErasedDataset
 from wsss_core.train.loop import (StateBundle, autocast, grad_scaler, memory_format, optimizer_step,
                                  poly_lambda, sgd_two_groups, step_lambda)  # fmt: skip
+from wsss_core.train.variants import METHODS
 
 log = logging.getLogger(__name__)
 
 # Settings that define the architecture; stored with the weights so inference can rebuild it.
 ARCH_KEYS = ("method", "backbone", "output_stride")
-METHODS = ("cam", "coattention")
 
 
 class LabelledImages(Dataset):
@@ -53,10 +58,11 @@ class LabelledImages(Dataset):
 
 
 class CAMObjective:
-    """Single images, multilabel soft-margin loss of the GAP'd CAMs against the image's labels."""
+    """Single images, multilabel soft-margin loss of the GAP'd CAMs against the image's labels,
+    plus the terms of the loss add-ons."""
 
-    def __init__(self, data: LabelledImages):
-        self.data = data
+    def __init__(self, data: LabelledImages, addons: list = ()):
+        self.data, self.addons = data, list(addons)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -64,9 +70,13 @@ class CAMObjective:
     def epoch_data(self, epoch: int) -> tuple[Dataset, bool]:
         return self.data, True  # the loader shuffles
 
-    def loss(self, model, batch, epoch: int, device: torch.device) -> dict:
+    def loss(self, model, batch, epoch: int, progress: float, device: torch.device) -> dict:
         images, labels = (t.to(device, non_blocking=True) for t in batch)
-        return {"total": F.multilabel_soft_margin_loss(model(images), labels)}
+        if not self.addons:  # GAP before the 1x1 conv: the same logits, cheaper
+            return {"total": F.multilabel_soft_margin_loss(model(images), labels)}
+        cams = model.cams(images)
+        terms = {"cls": F.multilabel_soft_margin_loss(cams.mean(dim=(2, 3)), labels)}
+        return add_terms({**terms, "total": terms["cls"]}, self.addons, model, images, labels, cams, progress)
 
 
 def build_classifier(arch: dict, num_classes: int, weights: str = "random", weights_dir=None, frozen_bn=True):
@@ -119,10 +129,27 @@ def method_settings(cfg: dict) -> dict:
     return {**cfg, **{k: v for k, v in own.items() if v is not None}}
 
 
+def training_images(ds: VOCDataset, split: str, cfg: dict, erase_cams, mean) -> VOCDataset:
+    """The dataset to train on: as it is, or, in a later adversarial-erasing round, with the regions of the
+    earlier rounds' CAM stores ``erase_cams`` painted over in the backbone's mean colour."""
+    erasing = "erasing" in cfg.get("addons", [])
+    if bool(erase_cams) != erasing:
+        raise ValueError("adversarial erasing: the CAM stores of earlier rounds are needed exactly when "
+                         f"classifier add-ons include erasing (add-ons {cfg.get('addons', [])}, "
+                         f"{len(erase_cams or [])} store(s))")  # fmt: skip
+    if not erasing:
+        return ds
+    # the mean colour: zero after the backbone's normalisation, as the crop's padding
+    erased = ErasedDataset(ds.root, erase_cams, cfg["erasing"]["threshold"], [round(255 * m) for m in mean])
+    erased.check_stores(erased.ids(split))
+    return erased
+
+
 def train_classifier(dataset_root, split: str, cfg: dict, *, out_model, out_history_csv, checkpoint_dir,
-                     threads: int = 1, device: str = "auto") -> dict:  # fmt: skip
+                     erase_cams=(), threads: int = 1, device: str = "auto") -> dict:  # fmt: skip
     """Train on ``split`` of the dataset with the ``classifier`` config section ``cfg``.
 
+    ``erase_cams``: CAM stores of the earlier adversarial-erasing rounds (only with the erasing add-on).
     Run by ``torchrun`` (see ``train/distributed.py``), each process trains on its share of every global batch.
     """
     cfg = method_settings(cfg)
@@ -135,14 +162,16 @@ def train_classifier(dataset_root, split: str, cfg: dict, *, out_model, out_hist
     model = build_classifier(arch, ds.num_classes - 1, weights=cfg["weights"], weights_dir=cfg["weights_dir"],
                              frozen_bn=cfg["frozen_bn"]).to(device, memory_format=memory_format(device, cfg["channels_last"]))  # fmt: skip
     bb = model.backbone
+    ds = training_images(ds, split, cfg, list(erase_cams), bb.mean)
     augment = Augment(cfg["crop_size"], tuple(cfg["resize_long"]), tuple(bb.mean), tuple(bb.std),
                       flip=cfg["flip"], color_jitter=cfg["color_jitter"])  # fmt: skip
+    addons = loss_addons(cfg, bb.stride, bb.mean, bb.std)
     if cfg["method"] == "cam":
         sources = [ImageSource(TARGET, ds, ds.ids(split))]
-        objective = CAMObjective(LabelledImages(ds, sources[0].ids, augment))
+        objective = CAMObjective(LabelledImages(ds, sources[0].ids, augment), addons)
     else:
         sources = image_sources(ds, split, cfg)
-        objective = CoAttentionObjective(sources, augment, cfg)
+        objective = CoAttentionObjective(sources, augment, cfg, addons)
     batch_size = min(cfg["batch_size"], len(objective))
     ctx.per_process_batch(batch_size, "classifier.batch_size")
     steps_per_epoch = len(objective) // batch_size
@@ -162,8 +191,9 @@ def train_classifier(dataset_root, split: str, cfg: dict, *, out_model, out_hist
     # (co-attention calls several sub-networks; its contrastive heads idle in the first epochs)
     step = ctx.wrap(LossModule(model, objective.loss), find_unused_parameters=cfg["method"] == "coattention")
 
+    erased = ds.fingerprints() if isinstance(ds, ErasedDataset) else []
     settings_hash = fingerprint({"cfg": cfg, "split": split, "ids": {s.domain: s.ids for s in sources},
-                                 "classes": ds.classes})  # fmt: skip
+                                 "classes": ds.classes, **({"erased": erased} if erased else {})})  # fmt: skip
     checkpoint = Path(checkpoint_dir) / "last.pt"
     history, start_epoch = resume(checkpoint, settings_hash, model=model, optimizer=optimizer, scheduler=schedule)
     if start_epoch:
@@ -178,10 +208,11 @@ def train_classifier(dataset_root, split: str, cfg: dict, *, out_model, out_hist
         loader = ctx.loader(data, batch_size, shuffle=shuffle, seed=cfg["seed"], epoch=epoch, num_workers=cfg["num_workers"])
         model.train()
         start, sums, seen = time.perf_counter(), {}, 0
-        for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", mininterval=10, ascii=True,
-                          disable=not ctx.is_main):  # fmt: skip
+        for i, batch in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", mininterval=10,
+                                       ascii=True, disable=not ctx.is_main)):  # fmt: skip
+            progress = (epoch * steps_per_epoch + i) / total_steps  # schedules of the add-ons
             with autocast(device, cfg["amp"], cfg["amp_dtype"]):
-                terms = step(batch, epoch, device)
+                terms = step(batch, epoch, progress, device)
             optimizer_step(terms["total"].float(), optimizer, scaler, scheduler)
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.item() * len(batch[0])

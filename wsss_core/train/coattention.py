@@ -8,7 +8,8 @@ which owns the loop, optimizer, schedule and checkpoints. Per step, for a batch 
 * one self-pair per view of m (its mirror image and rescaled copies, as in the reference
   implementation): m and its view share all of m's classes, so both heads learn l_m there.
 
-Every term has weight 1 (the paper's setting). Backbone features of m, n and m's mirror share
+Every term has weight 1 (the paper's setting). Loss add-ons (Puzzle-CAM, binomial) add their terms
+on m's single-image CAMs, as they would for the CAM baseline. Backbone features of m, n and m's mirror share
 one forward pass (same crop size); each rescaled view needs one more.
 """
 
@@ -24,6 +25,7 @@ from wsss_core.data.pairs import PairSampler
 from wsss_core.data.transforms import Augment
 from wsss_core.data.voc_layout import VOCDataset
 from wsss_core.models.coattention import CoAttentionNet, domain_pair, pair_loss
+from wsss_core.train.addons import add_terms
 
 
 @dataclass
@@ -73,8 +75,9 @@ def grouped_pair_logits(model: CoAttentionNet, f_m, f_n, keys: list[str]) -> dic
 class CoAttentionObjective:
     """Data and loss of co-attention training (see the module docstring)."""
 
-    def __init__(self, sources: list[ImageSource], augment: Augment, cfg: dict):
+    def __init__(self, sources: list[ImageSource], augment: Augment, cfg: dict, addons: list = ()):
         co = cfg["coattention"]
+        self.addons = list(addons)
         self.sources, self.augment = sources, augment
         self.flip, self.scales = co["self_pair_flip"], list(co["self_pair_scales"])
         self.contrastive_from = co["contrastive_from_epoch"]
@@ -99,7 +102,7 @@ class CoAttentionObjective:
             out.append(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
         return out
 
-    def loss(self, model: CoAttentionNet, batch, epoch: int, device: torch.device) -> dict:
+    def loss(self, model: CoAttentionNet, batch, epoch: int, progress: float, device: torch.device) -> dict:
         x_m, x_n, l_m, l_n, pair_index, self_index = (t.to(device, non_blocking=True) for t in batch)
         keys = [self.pair_names[i] for i in pair_index.tolist()]
         self_keys = [self.pair_names[i] for i in self_index.tolist()]
@@ -116,4 +119,6 @@ class CoAttentionObjective:
             terms["self"] = terms["self"] + pair_loss(grouped_pair_logits(model, f_m, f_v, self_keys), l_m, l_m,
                                                       contrastive=False)["total"]  # fmt: skip
         terms["total"] = terms["total"] + terms["self"]
+        if self.addons:
+            terms = add_terms(terms, self.addons, model, x_m, l_m, model.classifier(f_m), progress)
         return terms
