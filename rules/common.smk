@@ -128,7 +128,7 @@ def cam_stores(name):
     return [name] + ([f"{name}_multiround"] if multiround(name) else [])
 
 
-# every classifier trained by train_classifier (erasing rounds after the first have rules of their own)
+# every classifier trained by train_classifier (erasing rounds after the first: rule train_erasing_round)
 TRAINED = sorted(
     {t for v in CLASSIFIERS for t in (round_classifiers(v)[:1] if erasing(v) else [v])},
     key=_order,
