@@ -74,10 +74,7 @@ rule merge_erasing_rounds:
     """Adversarial erasing: the rounds' CAMs merged (per class and pixel the maximum: the union of the
     regions each round mined, at every threshold)."""
     input:
-        rounds=lambda wildcards: [
-            CAM_DIR / r / f"{CAM_SPLIT}.h5"
-            for r in round_classifiers(wildcards.variant)
-        ],
+        rounds=lambda wildcards: round_stores(wildcards.variant, ROUNDS),
         root=dataset_root(),
         code=code("cams/merge.py"),
     output:

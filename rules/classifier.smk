@@ -12,11 +12,7 @@ rule train_classifier:
         # a gate (the dataset passed validation), not data: re-validating must not retrain
         dataset_summary=ancient(RESULTS / "data" / "dataset_summary.json"),
         root=dataset_root(),
-        extra=lambda wildcards: (
-            [s["root"] for s in CLS["coattention"]["extra_sources"]]
-            if wildcards.method == "coattention"
-            else []
-        ),
+        extra=lambda wildcards: extra_image_roots(wildcards.method),
         code=code("train/classifier.py"),
     output:
         model=CLS_DIR / "{method}" / "model.pt",
@@ -58,16 +54,11 @@ rule train_erasing_round:
     input:
         dataset_summary=ancient(RESULTS / "data" / "dataset_summary.json"),
         root=dataset_root(),
-        extra=lambda wildcards: (
-            [s["root"] for s in CLS["coattention"]["extra_sources"]]
-            if parse_variant(wildcards.variant)[0] == "coattention"
-            else []
-        ),
+        extra=lambda wildcards: extra_image_roots(wildcards.variant),
         # the earlier rounds' CAM stores: the regions to erase
-        erase=lambda wildcards: [
-            RESULTS / "cams" / c / f"{DATASET['train_split']}.h5"
-            for c in round_classifiers(wildcards.variant)[: int(wildcards.round) - 1]
-        ],
+        erase=lambda wildcards: round_stores(
+            wildcards.variant, int(wildcards.round) - 1
+        ),
         code=code("train/classifier.py"),
     output:
         model=CLS_DIR / "{variant}_round{round}" / "model.pt",

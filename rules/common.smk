@@ -145,6 +145,21 @@ CAM_STORES = list(dict.fromkeys(s for v in CLASSIFIERS for s in cam_stores(v)))
 MAIN_CAMS = cam_stores(MAIN_CLASSIFIER)[-1]
 
 
+def extra_image_roots(name):
+    """The extra image sources a classifier variant trains on (co-attention methods only), as inputs."""
+    if parse_variant(name)[0] != "coattention":
+        return []
+    return [s["root"] for s in CLS["coattention"]["extra_sources"]]
+
+
+def round_stores(variant, rounds):
+    """The CAM stores of an erasing variant's first ``rounds`` rounds (the first is its variant without erasing)."""
+    return [
+        RESULTS / "cams" / c / f"{DATASET['train_split']}.h5"
+        for c in round_classifiers(variant)[:rounds]
+    ]
+
+
 def classifier_config(name):
     """The classifier section as the variant ``name`` is trained with: the shared settings plus the
     sections of its method and add-ons only (so editing them retrains only the classifiers they apply to).

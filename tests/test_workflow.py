@@ -271,6 +271,21 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     assert not {rule for rule, _ in jobs} & {"demo_dataset", "validate_dataset"}
 
 
+def test_extra_image_sources_are_inputs_of_every_coattention_variant(tmp_path, tiny_demo):
+    extra = [{"domain": "web", "root": str(tiny_demo), "split": "train"}]
+    classifier = {"method": "coattention+puzzle", "compare": ["cam+erasing"], "coattention": {"extra_sources": extra}}
+    dry = run_snakemake(tmp_path, "-n", *configs(tmp_path, classifier=classifier)).stdout
+    inputs = {}  # wildcards of each classifier training job -> its input line
+    for block in re.split(r"\n(?=rule )", dry):
+        if block.startswith(("rule train_classifier:", "rule train_erasing_round:")):
+            fields = dict(line.strip().partition(": ")[::2] for line in block.splitlines()[1:] if ": " in line)
+            inputs[fields["wildcards"]] = fields["input"]
+    assert set(inputs) == {"method=coattention+puzzle", "method=cam", "variant=cam+erasing, round=2",
+                           "variant=cam+erasing, round=3"}, inputs  # fmt: skip
+    coattention = inputs.pop("method=coattention+puzzle")
+    assert str(tiny_demo) in coattention and not any(str(tiny_demo) in line for line in inputs.values())  # plain CAMs
+
+
 def test_bad_config_value_fails_at_parse_time_naming_the_key(tmp_path):
     proc = run_snakemake(tmp_path, "-n", *configs(tmp_path, demo={"n_images": 3, "colour": "red"}), check=False)
     out = proc.stdout + proc.stderr
