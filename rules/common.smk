@@ -172,6 +172,10 @@ def classifier_config(name):
         cfg["coattention"] = CLS["coattention"]
     for addon in addons:
         cfg[addon] = CLS[addon]
+    # Puzzle-CAM's extra loss terms need a smaller step (schema: classifier.puzzle.lr); the training code's
+    # method settings then put coattention.lr in place for co-attention variants
+    if "puzzle" in addons and CLS["puzzle"]["lr"] is not None:
+        cfg["lr"] = min(cfg["lr"], CLS["puzzle"]["lr"])
     return cfg
 
 

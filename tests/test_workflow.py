@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from conftest import REPO, copy_workflow, run_snakemake, shared_dataset
@@ -109,6 +110,9 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
         history = pd.read_csv(results / "classifier" / name / "train_history.csv")
         assert {"loss_cls", "loss_puzzle_cls", "loss_puzzle_reconstruction", "loss_sampling",
                 "loss_similarity"} <= set(history.columns), name  # fmt: skip
+    for name, lr in (("cam", 0.005), (first, 0.001), (second, 0.001)):  # classifier.lr, classifier.puzzle.lr
+        meta = torch.load(results / "classifier" / name / "model.pt", weights_only=True)["meta"]
+        assert meta["config"]["lr"] == lr, name
     stores = ("cam", "coattention", main, first, second, addons, f"{main}_random_walk")
     for store in stores:
         assert (results / "cams" / store / "train_aug.h5").is_file()
