@@ -1,9 +1,6 @@
 # CAM stage: multi-scale + flip CAMs into HDF5, then their quality against the masks.
 # {cams} names a CAM store (see cam_stores in common.smk).
 
-CAM_DIR = RESULTS / "cams"
-CAM_SPLIT = DATASET["train_split"]
-
 
 wildcard_constraints:
     cams="|".join(re.escape(c) for c in CAM_STORES),

@@ -39,6 +39,8 @@ DATA = Path(config["data_dir"])
 RESULTS = Path(config["results_dir"]) / DATASET["name"]
 LOGS = RESULTS / "logs"
 BENCH = RESULTS / "benchmarks"
+CAM_DIR = RESULTS / "cams"  # a CAM store: CAM_DIR / <store> / <CAM_SPLIT>.h5
+CAM_SPLIT = DATASET["train_split"]
 
 
 def code(*modules):
@@ -155,8 +157,7 @@ def extra_image_roots(name):
 def round_stores(variant, rounds):
     """The CAM stores of an erasing variant's first ``rounds`` rounds (the first is its variant without erasing)."""
     return [
-        RESULTS / "cams" / c / f"{DATASET['train_split']}.h5"
-        for c in round_classifiers(variant)[:rounds]
+        CAM_DIR / c / f"{CAM_SPLIT}.h5" for c in round_classifiers(variant)[:rounds]
     ]
 
 
