@@ -43,7 +43,7 @@ rule train_affinity:
     input:
         labels=rules.affinity_labels.output[0],
         root=dataset_root(),
-        code=code("train/affinity.py"),
+        code=code("train/affinity.py", skip=ADDON_MODULES.values()),
     output:
         model=AFF_DIR / "model.pt",
         history=report(
@@ -77,7 +77,7 @@ rule random_walk:
         cams=CAM_DIR / MAIN_CAMS / f"{CAM_SPLIT}.h5",
         model=rules.train_affinity.output.model,
         root=dataset_root(),
-        code=code("refine/propagate.py"),
+        code=code("refine/propagate.py", skip=ADDON_MODULES.values()),
     output:
         labels=directory(
             RESULTS / "pseudo_labels" / MAIN_CAMS / "random_walk" / CAM_SPLIT

@@ -11,7 +11,7 @@ rule infer_cams:
     input:
         model=CLS_DIR / "{cams}" / "model.pt",
         root=dataset_root(),
-        code=code("cams/infer.py"),
+        code=code("cams/infer.py", skip=ADDON_MODULES.values()),
     output:
         CAM_DIR / "{cams}" / f"{CAM_SPLIT}.h5",
     log:
@@ -41,7 +41,7 @@ rule infer_coattentive_cams:
     input:
         model=CLS_DIR / "{method}" / "model.pt",
         root=dataset_root(),
-        code=code("cams/coattention.py"),
+        code=code("cams/coattention.py", skip=ADDON_MODULES.values()),
     output:
         single=CAM_DIR / "{method}" / f"{CAM_SPLIT}.h5",
         multi=CAM_DIR / "{method}_multiround" / f"{CAM_SPLIT}.h5",

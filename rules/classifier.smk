@@ -13,7 +13,7 @@ rule train_classifier:
         dataset_summary=ancient(RESULTS / "data" / "dataset_summary.json"),
         root=dataset_root(),
         extra=lambda wildcards: extra_image_roots(wildcards.method),
-        code=code("train/classifier.py"),
+        code=lambda wildcards: classifier_code(wildcards.method),
     output:
         model=CLS_DIR / "{method}" / "model.pt",
         history=report(
@@ -59,7 +59,7 @@ rule train_erasing_round:
         erase=lambda wildcards: round_stores(
             wildcards.variant, int(wildcards.round) - 1
         ),
-        code=code("train/classifier.py"),
+        code=lambda wildcards: classifier_code(wildcards.variant),
     output:
         model=CLS_DIR / "{variant}_round{round}" / "model.pt",
         history=report(

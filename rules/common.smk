@@ -43,14 +43,15 @@ CAM_DIR = RESULTS / "cams"  # a CAM store: CAM_DIR / <store> / <CAM_SPLIT>.h5
 CAM_SPLIT = DATASET["train_split"]
 
 
-def code(*modules):
-    """The wsss_core files behind a step, as inputs - the given entry modules and all they import.
+def code(*modules, skip=()):
+    """The wsss_core files behind a step, as inputs - the given entry modules and all they import
+    (except the modules in ``skip`` and what only they import).
 
     Snakemake notices edits to a rule's own script but not to imported modules;
     listing them as inputs makes an edit rerun that stage and its downstream only.
     """
     try:
-        sources = module_sources(REPO / "wsss_core", list(modules))
+        sources = module_sources(REPO / "wsss_core", list(modules), list(skip))
     except FileNotFoundError as err:
         raise WorkflowError(f"code(): {err}")
     return [os.path.relpath(p) for p in sources]
@@ -159,6 +160,19 @@ def round_stores(variant, rounds):
     return [
         CAM_DIR / c / f"{CAM_SPLIT}.h5" for c in round_classifiers(variant)[:rounds]
     ]
+
+
+# The module of each classifier add-on: the training code imports all of them, but a variant runs only its own,
+# so an edit to one retrains the variants that use it and not, say, the baseline. Steps that only load a trained
+# classifier (CAM inference, AffinityNet) import them too and run none: code(..., skip=ADDON_MODULES.values()).
+ADDON_MODULES = {addon: f"train/{addon}.py" for addon in ADDONS}
+
+
+def classifier_code(name):
+    """The wsss_core files that train classifier variant ``name``."""
+    _, addons = parse_variant(name)
+    unused = [module for addon, module in ADDON_MODULES.items() if addon not in addons]
+    return code("train/classifier.py", skip=unused)
 
 
 def classifier_config(name):

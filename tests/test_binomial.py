@@ -59,7 +59,7 @@ def test_two_pixels_by_hand_pull_same_colours_together_and_push_different_ones_a
     cams = torch.tensor([[[[2.0, -1.0]]]], requires_grad=True)
     labels = torch.tensor([[1.0]])
     s = torch.sigmoid(torch.tensor([2.0, -1.0]))
-    gap = (s[0] - s[1]).item()  # |delta| of the class map and, equally, of the background 1 - s
+    gap = 2 * (s[0] - s[1]).item() ** 2  # squared change of the class map plus that of the background 1 - s
     for rgb, weight in (([0.0, 0.0, 0.0], -1.0), ([1.0, 1.0, 1.0], 1.0)):
         cams.grad = None
         loss = feature_similarity_loss(cams, two_pixels(rgb), labels, sigma=1.0, mu=MU)
@@ -72,6 +72,27 @@ def test_two_pixels_by_hand_pull_same_colours_together_and_push_different_ones_a
     assert feature_similarity_loss(cams, two_pixels([step] * 3), labels, 1.0, MU).item() == pytest.approx(0, abs=1e-5)
 
 
+def test_colour_distance_is_the_mean_absolute_channel_difference():
+    # one channel differs by 0.2: mean |diff| 0.067 is below sigmoid(-2.5) = 0.076, so the pair is pulled
+    # together (the Euclidean distance / sqrt 3, 0.115, would push it apart)
+    cams, labels = torch.tensor([[[[2.0, -1.0]]]]), torch.tensor([[1.0]])
+    loss = feature_similarity_loss(cams, two_pixels([0.2, 0.0, 0.0]), labels, sigma=1.0, mu=MU)
+    s = torch.sigmoid(torch.tensor([2.0, -1.0]))
+    w = colour_weight(torch.tensor(0.2 / 3), MU).item()
+    assert w < 0 and loss.item() == pytest.approx(-w * 2 * (s[0] - s[1]).item() ** 2, rel=1e-5)
+
+
+def test_equal_maps_across_a_colour_edge_get_no_push():
+    # the squared map distance has zero gradient where the maps agree: an edge inside a region the
+    # classifier scores uniformly does not tear it apart; a small difference is only widened
+    cams = torch.tensor([[[[1.5, 1.5]]]], requires_grad=True)
+    feature_similarity_loss(cams, two_pixels([1.0, 1.0, 1.0]), torch.tensor([[1.0]]), 1.0, MU).backward()
+    assert cams.grad.abs().max().item() == 0.0
+    cams = torch.tensor([[[[1.6, 1.5]]]], requires_grad=True)
+    feature_similarity_loss(cams, two_pixels([1.0, 1.0, 1.0]), torch.tensor([[1.0]]), 1.0, MU).backward()
+    assert cams.grad[0, 0, 0, 0] < 0 < cams.grad[0, 0, 0, 1]  # descent raises the higher logit, lowers the lower
+
+
 def test_pairs_are_weighted_by_a_spatial_gaussian():
     # three pixels in a row, sigma 1: offsets 1 (two pairs, weight e^-1/2) and 2 (one pair, weight e^-2)
     cams = torch.tensor([[[[3.0, 0.0, -3.0]]]])
@@ -79,7 +100,8 @@ def test_pairs_are_weighted_by_a_spatial_gaussian():
     s = torch.sigmoid(cams).flatten()
     g1, g2 = math.exp(-0.5), math.exp(-2.0)
     c = -colour_weight(torch.tensor(0.0), MU).item()
-    expected = c * (g1 * ((s[0] - s[1]).abs() + (s[1] - s[2]).abs()) + g2 * (s[0] - s[2]).abs()) / (2 * g1 + g2)
+    sq = lambda a, b: 2 * (s[a] - s[b]) ** 2  # class map and background change by the same amount
+    expected = c * (g1 * (sq(0, 1) + sq(1, 2)) + g2 * sq(0, 2)) / (2 * g1 + g2)
     loss = feature_similarity_loss(cams, rgb, torch.tensor([[1.0]]), sigma=1.0, mu=MU)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 

@@ -173,6 +173,15 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     assert "train_segmentation" in out and "labels=fully_supervised" in out and f"labels={main}" in out
     assert "predict_segmentation" in out and "overlays" in out and "summary" in out
     run_snakemake(tmp_path, "--cores", "2", "--touch", *TINY, repo=repo)  # accept the edits without rerunning
+    # An add-on's module: the variants that use it, not the baseline or co-attention classifiers.
+    with open(repo / "wsss_core" / "train" / "binomial.py", "a") as f:
+        f.write("# edited\n")
+    jobs, _ = plan(run_snakemake(tmp_path, "-n", *TINY, repo=repo).stdout)
+    assert {job for job in jobs if job[0] in ("train_classifier", "train_erasing_round")} == {
+        ("train_classifier", f"method={first}"), ("train_erasing_round", f"variant={addons}, round=2")}, jobs
+    # (inference and AffinityNet load trained classifiers but run no add-on code)
+    assert not {("infer_cams", "cams=cam"), ("infer_coattentive_cams", "method=coattention"), ("train_affinity", "")} & set(jobs)
+    run_snakemake(tmp_path, "--cores", "2", "--touch", *TINY, repo=repo)
     # A changed demo parameter reruns generation and everything after it.
     out = planned(*configs(tmp_path, "tiny.yaml", demo={"seed": 7}))
     assert all(r in out for r in ("demo_dataset", "validate_dataset", "train_classifier", "infer_cams", "summary"))
@@ -384,5 +393,9 @@ def test_module_sources_follow_absolute_relative_and_cyclic_imports(tmp_path):
     assert found == ["__init__.py", "a.py", "c.py", "sub/__init__.py", "sub/b.py", "sub/d.py"]
     with pytest.raises(FileNotFoundError, match="missing.py"):
         module_sources(pkg, ["missing.py"])
+    # a skipped module goes with what only it imports (c.py); d.py is also imported by a.py's other branch
+    (pkg / "a.py").write_text("from pkg.sub import b\nfrom pkg.sub import d\n")
+    found = [p.relative_to(pkg).as_posix() for p in module_sources(pkg, ["a.py"], skip=["sub/b.py"])]
+    assert found == ["__init__.py", "a.py", "sub/__init__.py", "sub/d.py"]
     real = {p.relative_to(REPO / "wsss_core").as_posix() for p in module_sources(REPO / "wsss_core", ["cams/infer.py"])}
     assert {"models/backbones.py", "data/download.py", "fileio.py", "cams/store.py"} <= real

@@ -42,10 +42,12 @@ def logged(log_path: str | Path) -> Iterator[None]:
             root.removeHandler(handler)
 
 
-def module_sources(package_root: str | Path, entry_modules: list[str]) -> list[Path]:
+def module_sources(package_root: str | Path, entry_modules: list[str], skip: list[str] = ()) -> list[Path]:
     """The .py files of ``entry_modules`` and of every package module they import, transitively.
 
-    ``entry_modules`` are paths relative to the package folder (``"cams/infer.py"``).
+    ``entry_modules`` are paths relative to the package folder (``"cams/infer.py"``); modules in ``skip``
+    (same form) are left out together with what only they import: code a step imports but never runs,
+    such as the classifier add-ons a variant does not use.
     Snakemake reruns a rule when an input changes but does not see imported code, so
     rules list these files as inputs: editing any module a stage runs reruns that stage.
     Imports are parsed, not executed, so this costs milliseconds when the workflow is parsed.
@@ -61,10 +63,11 @@ def module_sources(package_root: str | Path, entry_modules: list[str]) -> list[P
         return next((c for c in candidates if c.is_file()), None)
 
     seen: dict[Path, None] = {}
+    skipped = {package_root / m for m in skip}
     todo = [package_root / m for m in entry_modules]
     while todo:
         path = todo.pop()
-        if path in seen:
+        if path in seen or path in skipped:
             continue
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such module in {package_root}")

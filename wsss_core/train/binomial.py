@@ -11,11 +11,16 @@ classes (an image can hold several classes; a pixel can be evidence for more tha
   weight. Pixels the network already believes in are drawn often, so their logits are pushed up
   together and the map saturates over the object instead of peaking on one part;
 * feature similarity: for pixel pairs (i, j) within a Gaussian window (sigma in feature pixels),
-  w_rgb = tanh(mu + logit(d_ij)) with d_ij the colour distance in [0, 1]: negative for pairs of
-  similar colour, positive once d_ij > sigmoid(-mu) (0.076 at mu = 2.5). The loss
-  sum g_ij * (-w_rgb) * |p_i - p_j| / sum g_ij pulls the class maps p of similar-coloured neighbours
+  w_rgb = tanh(mu + logit(d_ij)) with d_ij the mean absolute RGB difference in [0, 1]: negative for
+  pairs of similar colour, positive once d_ij > sigmoid(-mu) (0.076 at mu = 2.5). The loss
+  sum g_ij * (-w_rgb) * ||p_i - p_j||^2 / sum g_ij pulls the class maps p of similar-coloured neighbours
   together and pushes them apart across colour edges, so CAM contours follow image edges. p holds
   sigmoid(logit) of the labelled classes (each normalised on its own) and background = 1 - max of them.
+  The squared distance matters: its gradient vanishes for equal maps, so a colour edge inside a
+  uniformly scored region only sharpens differences the classifier already made. With |p_i - p_j| (a
+  first version) every textured region was torn apart at full strength: on voc_coseg photos 68 % of the
+  window's pairs lie above the colour threshold, and the CAMs fell from 29.8 to 13.9 mIoU (README).
+  Distances follow the reference code (L1 colours over 3 channels, squared L2 maps, weight 0.2).
 """
 
 from __future__ import annotations
@@ -76,16 +81,15 @@ def feature_similarity_loss(cams: torch.Tensor, rgb: torch.Tensor, labels: torch
     (averaged down to the maps' size) and (B, K) multi-hot labels; see the module docstring."""
     h, w = cams.shape[-2:]
     colours = F.adaptive_avg_pool2d(rgb.to(cams.dtype), (h, w))
-    probs, mask = class_probabilities(cams, labels)
-    per_map = (mask / mask.sum(dim=1, keepdim=True))[:, :, None, None]  # mean over the maps that count
+    probs, _ = class_probabilities(cams, labels)
     total, norm = cams.new_zeros(()), 0.0
     for dy, dx in window_offsets(sigma):
         if dy >= h or abs(dx) >= w:
             continue
         p_a, p_b = _shifted(probs, dy, dx)
         c_a, c_b = _shifted(colours, dy, dx)
-        change = ((p_a - p_b).abs() * per_map).sum(dim=1)  # (B, h', w')
-        distance = (c_a - c_b).norm(dim=1) / math.sqrt(3)
+        change = (p_a - p_b).square().sum(dim=1)  # (B, h', w'); unlabelled maps are 0 on both sides
+        distance = (c_a - c_b).abs().mean(dim=1)
         g = math.exp(-(dy * dy + dx * dx) / (2 * sigma * sigma))
         total = total + g * (-colour_weight(distance, mu) * change).sum()
         norm += g * change.numel()
