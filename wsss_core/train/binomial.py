@@ -46,13 +46,11 @@ def importance_sampled_logits(cams: torch.Tensor, labels: torch.Tensor, samples:
     return torch.where(labels > 0, sampled, flat.mean(dim=2))
 
 
-def class_probabilities(cams: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """((B, 1 + K, h, w) maps: background then each class's sigmoid, zero for unlabelled classes;
-    (B, 1 + K) mask of the maps that count: background and the labelled classes)."""
-    mask = labels.to(cams.dtype)
-    fg = torch.sigmoid(cams) * mask[:, :, None, None]
-    bg = 1 - fg.amax(dim=1, keepdim=True)
-    return torch.cat([bg, fg], dim=1), torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+def class_probabilities(cams: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, 1 + K, h, w) maps: background, then each class's sigmoid, zero for unlabelled classes (so an
+    unlabelled map adds nothing to a pair's squared distance)."""
+    fg = torch.sigmoid(cams) * labels.to(cams.dtype)[:, :, None, None]
+    return torch.cat([1 - fg.amax(dim=1, keepdim=True), fg], dim=1)
 
 
 def colour_weight(distance: torch.Tensor, mu: float) -> torch.Tensor:
@@ -81,7 +79,7 @@ def feature_similarity_loss(cams: torch.Tensor, rgb: torch.Tensor, labels: torch
     (averaged down to the maps' size) and (B, K) multi-hot labels; see the module docstring."""
     h, w = cams.shape[-2:]
     colours = F.adaptive_avg_pool2d(rgb.to(cams.dtype), (h, w))
-    probs, _ = class_probabilities(cams, labels)
+    probs = class_probabilities(cams, labels)
     total, norm = cams.new_zeros(()), 0.0
     for dy, dx in window_offsets(sigma):
         if dy >= h or abs(dx) >= w:
