@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from wsss_core.train.addons import loss_addons
-from wsss_core.train.classifier import CAMObjective, build_classifier
+from wsss_core.train.classifier import CAMObjective, architecture, build_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,8 +40,7 @@ def main() -> None:
           f"{args.steps} timed steps after 2 warm-up steps")  # fmt: skip
     base = None
     for addons in ([], ["puzzle"], ["binomial"], ["puzzle", "binomial"]):
-        model = build_classifier({"method": "cam", "backbone": cfg["backbone"], "output_stride": cfg["output_stride"]},
-                                 args.classes).to(device).train()  # fmt: skip
+        model = build_classifier(architecture({**cfg, "method": "cam"}), args.classes).to(device).train()
         terms = loss_addons({**cfg, "crop_size": args.crop, "addons": addons}, model.backbone.stride,
                             model.backbone.mean, model.backbone.std)  # fmt: skip
         objective = CAMObjective(None, terms)
