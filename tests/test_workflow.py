@@ -110,9 +110,10 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
         history = pd.read_csv(results / "classifier" / name / "train_history.csv")
         assert {"loss_cls", "loss_puzzle_cls", "loss_puzzle_reconstruction", "loss_sampling",
                 "loss_similarity"} <= set(history.columns), name  # fmt: skip
-    for name, lr in (("cam", 0.005), (first, 0.001), (second, 0.001)):  # classifier.lr, classifier.puzzle.lr
+    # classifier.lr and .frozen_bn, or for +puzzle variants classifier.puzzle.lr (tiny.yaml) and .frozen_bn
+    for name, lr, frozen_bn in (("cam", 0.005, True), (first, 0.001, False), (second, 0.001, False)):
         meta = torch.load(results / "classifier" / name / "model.pt", weights_only=True)["meta"]
-        assert meta["config"]["lr"] == lr, name
+        assert (meta["config"]["lr"], meta["config"]["frozen_bn"]) == (lr, frozen_bn), name
     stores = ("cam", "coattention", main, first, second, addons, f"{main}_random_walk")
     for store in stores:
         assert (results / "cams" / store / "train_aug.h5").is_file()
