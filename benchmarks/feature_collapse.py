@@ -1,7 +1,7 @@
 """Does a classifier variant's training collapse? The first steps of a training, with the spread of its maps.
 
-    python benchmarks/feature_collapse.py [--root data/demo] [--variant cam+puzzle] [--lr 0.005]
-        [--steps 60] [--every 10] [--alpha 4] [--warmup 0] [--new-layer-lr-mult 10] [--no-frozen-bn]
+    python benchmarks/feature_collapse.py [--root data/demo] [--variant cam+puzzle] [--lr LR]
+        [--steps 60] [--every 10] [--alpha 1] [--warmup 0] [--new-layer-lr-mult 10] [--[no-]frozen-bn]
         [--crop 128] [--resize-long 96 160] [--threads 2]
 
 Trains the EfficientNet-Lite0 CAM classifier (ImageNet weights, the settings of config.yaml unless given)
@@ -28,7 +28,7 @@ import yaml
 from wsss_core.data.transforms import Augment
 from wsss_core.data.voc_layout import VOCDataset
 from wsss_core.train.addons import loss_addons
-from wsss_core.train.classifier import CAMObjective, LabelledImages, architecture, build_classifier
+from wsss_core.train.classifier import CAMObjective, LabelledImages, architecture, build_classifier, method_settings
 from wsss_core.train.loop import poly_lambda, sgd_two_groups
 from wsss_core.train.variants import parse_variant
 
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--root", default=str(REPO / "data" / "demo"), help="a dataset in the VOC layout")
     parser.add_argument("--split", default="train_aug")
     parser.add_argument("--variant", default="cam+puzzle", help="cam with add-ons (e.g. cam+puzzle+binomial)")
-    parser.add_argument("--lr", type=float, default=cfg["lr"])
+    parser.add_argument("--lr", type=float, help="backbone lr (default: the variant's, config.yaml)")
     parser.add_argument("--alpha", type=float, default=cfg["puzzle"]["alpha"], help="Puzzle-CAM's max alpha")
     parser.add_argument("--crop", type=int, default=cfg["crop_size"])
     parser.add_argument("--resize-long", type=int, nargs=2, default=cfg["resize_long"])
@@ -58,8 +58,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=cfg["epochs"], help="the full training's length")
     parser.add_argument("--new-layer-lr-mult", type=float, default=cfg["new_layer_lr_mult"],
                         help="the class conv's rate over the backbone's")
-    parser.add_argument("--frozen-bn", action=argparse.BooleanOptionalAction, default=cfg["frozen_bn"],
-                        help="BatchNorm with ImageNet statistics, untrained (config classifier.frozen_bn)")
+    parser.add_argument("--frozen-bn", action=argparse.BooleanOptionalAction,
+                        help="BatchNorm with ImageNet statistics, untrained (default: the variant's, config.yaml)")
     parser.add_argument("--warmup", type=int, default=0, help="linear lr warm-up steps (0: none, as training)")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--every", type=int, default=10)
@@ -72,9 +72,12 @@ def main() -> None:
     method, addons = parse_variant(args.variant)
     if method != "cam":
         raise SystemExit(f"--variant {args.variant}: only the cam method (and its add-ons) is measured here")
-    cfg.update(addons=list(addons), crop_size=args.crop, puzzle={**cfg["puzzle"], "alpha": args.alpha})
+    cfg.update(method=method, addons=list(addons), crop_size=args.crop, puzzle={**cfg["puzzle"], "alpha": args.alpha})
+    cfg = method_settings(cfg)  # the variant's own lr and BatchNorm mode (classifier.puzzle), as training
+    args.lr = cfg["lr"] if args.lr is None else args.lr
+    args.frozen_bn = cfg["frozen_bn"] if args.frozen_bn is None else args.frozen_bn
     ds = VOCDataset(args.root)
-    model = build_classifier(architecture({**cfg, "method": method}), ds.num_classes - 1, weights=cfg["weights"],
+    model = build_classifier(architecture(cfg), ds.num_classes - 1, weights=cfg["weights"],
                              weights_dir=cfg["weights_dir"], frozen_bn=args.frozen_bn)  # fmt: skip
     bb = model.backbone
     augment = Augment(args.crop, tuple(args.resize_long), tuple(bb.mean), tuple(bb.std), flip=cfg["flip"],

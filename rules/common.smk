@@ -187,13 +187,6 @@ def classifier_config(name):
         cfg["coattention"] = CLS["coattention"]
     for addon in addons:
         cfg[addon] = CLS[addon]
-    # Puzzle-CAM's own step and BatchNorm mode (schema: classifier.puzzle.lr, .frozen_bn); the training code's
-    # method settings then put coattention.lr in place for co-attention variants
-    if "puzzle" in addons:
-        if CLS["puzzle"]["lr"] is not None:
-            cfg["lr"] = min(cfg["lr"], CLS["puzzle"]["lr"])
-        if CLS["puzzle"]["frozen_bn"] is not None:
-            cfg["frozen_bn"] = CLS["puzzle"]["frozen_bn"]
     return cfg
 
 

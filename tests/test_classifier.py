@@ -131,3 +131,18 @@ def test_step_schedule_and_coattention_own_epochs():
         "method": "coattention", "epochs": 15, "batch_size": 16, "lr": 0.001, "coattention": co}  # fmt: skip
     cam = {"method": "cam", **shared}
     assert method_settings(cam) is cam
+
+
+def test_puzzle_variants_take_their_own_lr_and_batchnorm_mode_below_coattention_own_lr():
+    puzzle = {"tiles": 2, "alpha": 1.0, "ramp": 0.5, "lr": 0.001, "frozen_bn": False}
+    shared = {"epochs": 5, "batch_size": 16, "lr": 0.005, "frozen_bn": True, "puzzle": puzzle,
+              "coattention": {"epochs": None, "batch_size": None, "lr": 0.002}}  # fmt: skip
+    settings = method_settings({"method": "cam", "addons": ["puzzle"], **shared})
+    assert (settings["lr"], settings["frozen_bn"]) == (0.001, False)
+    settings = method_settings({"method": "coattention", "addons": ["puzzle"], **shared})
+    assert (settings["lr"], settings["frozen_bn"]) == (0.002, False)  # co-attention's own step wins
+    unset = {**shared, "puzzle": {**puzzle, "lr": None, "frozen_bn": None}}
+    settings = method_settings({"method": "cam", "addons": ["puzzle"], **unset})
+    assert (settings["lr"], settings["frozen_bn"]) == (0.005, True)  # null: the shared classifier settings
+    settings = method_settings({"method": "cam", "addons": ["binomial"], **shared})
+    assert (settings["lr"], settings["frozen_bn"]) == (0.005, True)  # the puzzle section applies to +puzzle only

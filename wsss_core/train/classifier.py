@@ -120,13 +120,24 @@ def image_sources(dataset: VOCDataset, split: str, cfg: dict) -> list[ImageSourc
 
 
 def method_settings(cfg: dict) -> dict:
-    """``cfg`` with the co-attention classifier's own ``epochs``/``batch_size``/``lr`` (when set) in place of
-    the shared ones: a pair step costs several single-image steps, the method's reference schedule
-    (15 epochs of 5 pairs) is not the CAM baseline's, and its five summed loss terms need a smaller step."""
-    if cfg["method"] != "coattention":
-        return cfg
-    own = {k: cfg["coattention"].get(k) for k in ("epochs", "batch_size", "lr")}
-    return {**cfg, **{k: v for k, v in own.items() if v is not None}}
+    """``cfg`` with the settings of its method and add-ons in place of the shared ones (when set):
+
+    - ``+puzzle``: backbone lr at most ``puzzle.lr``, BatchNorm mode ``puzzle.frozen_bn``. The tile pass doubles
+      the classification gradient; with frozen BatchNorm EfficientNet-Lite0's features then die (README, Results).
+    - ``coattention``: its own ``epochs``/``batch_size``/``lr`` (these win over the puzzle lr): a pair step costs
+      several single-image steps, the method's reference schedule (15 epochs of 5 pairs) is not the CAM
+      baseline's, and its five summed loss terms need a smaller step.
+    """
+    own = {}
+    if "puzzle" in cfg.get("addons", []):
+        puzzle = cfg["puzzle"]
+        if puzzle.get("lr") is not None:
+            own["lr"] = min(cfg["lr"], puzzle["lr"])
+        if puzzle.get("frozen_bn") is not None:
+            own["frozen_bn"] = puzzle["frozen_bn"]
+    if cfg["method"] == "coattention":
+        own.update({k: v for k in ("epochs", "batch_size", "lr") if (v := cfg["coattention"].get(k)) is not None})
+    return {**cfg, **own} if own else cfg
 
 
 def training_images(ds: VOCDataset, split: str, cfg: dict, erase_cams, mean) -> VOCDataset:
