@@ -210,9 +210,11 @@ def train_classifier(dataset_root, split: str, cfg: dict, *, out_model, out_hist
     if start_epoch:
         log.info("resumed from %s after epoch %d", checkpoint, start_epoch)
     ctx.decorrelate(cfg["seed"], start_epoch)
-    log.info("training %s (%s) on %d %s of '%s', %d epochs x %d steps, device %s, %d process(es)", cfg["method"],
-             cfg["backbone"], len(objective), "images" if cfg["method"] == "cam" else "pairs", split, cfg["epochs"],
-             steps_per_epoch, device, ctx.world)  # fmt: skip
+    log.info("training %s (%s, BatchNorm %s, lr %g) on %d %s of '%s', %d epochs x %d steps, device %s, %d process(es)",
+             "+".join([cfg["method"], *cfg.get("addons", [])]), cfg["backbone"],
+             "frozen" if cfg["frozen_bn"] else "trained", cfg["lr"], len(objective),
+             "images" if cfg["method"] == "cam" else "pairs", split, cfg["epochs"], steps_per_epoch, device,
+             ctx.world)  # fmt: skip
 
     for epoch in range(start_epoch, cfg["epochs"]):
         data, shuffle = objective.epoch_data(epoch)

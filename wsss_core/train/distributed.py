@@ -10,7 +10,8 @@ written once for both cases: with one process every helper here is a pass-throug
   one process takes on the same ``batch_size`` images; the learning rate is not scaled.
 - BatchNorm: the backbones keep theirs frozen (``frozen_bn``: ImageNet statistics, eval mode),
   so it does not depend on how the batch is split; BatchNorm layers that do train (DeepLab
-  v3+'s head, ``frozen_bn: false``) become SyncBatchNorm on CUDA: statistics of the global batch.
+  v3+'s head, ``frozen_bn: false``, Puzzle-CAM's backbone) become SyncBatchNorm on CUDA: statistics
+  of the global batch.
 - Seeding: every process seeds as one process would; DDP copies rank 0's initial weights to all.
   Rank 0's augmentation draws are those of a single-process run; other ranks draw from their own
   seed (:meth:`Context.decorrelate`), so K processes do not repeat each other's crops and flips.
