@@ -2,13 +2,17 @@
 
 A checkpoint carries the model, optimizer and scheduler state, every RNG state, the
 finished epoch, and a fingerprint of the training configuration: a checkpoint left
-by a run with other settings is never resumed (it is replaced by a fresh start).
+by a run with other settings is never resumed (it is replaced by a fresh start). A checkpoint that
+cannot be read (a disk that filled up, a copy cut short) is moved aside to ``<name>.corrupt`` and
+training starts fresh, so a rerun does not fail on it again and again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import random
 from pathlib import Path
 
@@ -16,6 +20,8 @@ import numpy as np
 import torch
 
 from wsss_core.fileio import atomic_file
+
+log = logging.getLogger(__name__)
 
 
 def fingerprint(settings: dict) -> str:
@@ -82,14 +88,48 @@ def resume(path: str | Path, settings_hash: str, *, model, optimizer, scheduler)
 
 
 def load_checkpoint(path: str | Path, settings_hash: str) -> dict | None:
-    """The checkpoint at ``path`` if it belongs to a run with these settings, else None."""
+    """The checkpoint at ``path`` if it belongs to a run with these settings, else None.
+
+    An unreadable checkpoint is renamed to ``<name>.corrupt`` (replacing an older one), with a
+    warning naming both files, and None is returned: the run starts fresh. A file that cannot be
+    read at all (permissions, I/O errors) raises its OSError instead: its bytes may be fine.
+    """
     path = Path(path)
     if not path.is_file():
         return None
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict):
+            raise TypeError(f"holds a {type(payload).__name__}, not a training checkpoint's dict")
+    except Exception as err:  # zip reader RuntimeError or OSError, UnpicklingError, EOFError, ...
+        if isinstance(err, OSError):
+            _readable_or_raise(path)
+        _move_aside(path, err)
+        return None
     if payload.get("settings_hash") != settings_hash:
         return None
     return payload
+
+
+def _readable_or_raise(path: Path) -> None:
+    """Read every byte of ``path``: an OSError here (permissions, I/O) is raised, since it says
+    nothing about the bytes, whereas torch's zip reader also raises OSError on bytes it cannot parse."""
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
+def _move_aside(path: Path, err: Exception) -> None:
+    # the error's first sentence: torch's messages go on for a paragraph about weights_only and miniz
+    first = str(err).strip().split("\n")[0].split(". ")[0].rstrip(".")
+    first = first if len(first) <= 200 else first[:200] + "..."
+    reason = f"{type(err).__name__}: {first}" if first else type(err).__name__
+    aside = path.with_name(path.name + ".corrupt")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:  # another process of a data-parallel job moved it first
+        pass
+    log.warning("checkpoint %s is unreadable (%s): moved aside to %s, training starts fresh", path, reason, aside)
 
 
 def save_epoch(ctx, path: str | Path, **state) -> None:
