@@ -133,3 +133,78 @@ def test_bad_roots_and_class_lists_name_the_file(tmp_path):
     (tmp_path / "Annotations" / "x.xml").write_text("<annotation><object><name>horse</name></object></annotation>")
     with pytest.raises(ValueError, match=r"x.xml: class name\(s\) \['horse'\] not in the class list"):
         VOCDataset(tmp_path).labels("x")
+
+
+def test_cls_labels_must_be_lists_of_integer_class_ids(tmp_path):
+    ids = ["a", "b", "c", "d", "e", "f", "g"]
+    labels = make_dataset(tmp_path, ids, classes=["background", "cat", "dog"])
+    labels.update(a=["dog"], b=3, c=[True], d=[2.5, "1", 1], e=[1.0, 2], g=None)  # e: 1.0 is the integer 1
+    (tmp_path / "cls_labels.json").write_text(json.dumps(labels))
+    ds = VOCDataset(tmp_path)
+    with pytest.raises(DatasetError, match=r"cls_labels.json: image 'a': label values \[\"dog\"\] are not integer"):
+        ds.labels("a")
+    with pytest.raises(DatasetError, match=r"cls_labels.json: image 'b': labels must be a list of class ids, got 3"):
+        ds.labels("b")
+    assert ds.labels("e") == (1, 2) and ds.labels("f") == (labels["f"][0],)
+
+    text = [str(p) for p in ds.validate(["train"], workers=2)]
+    assert all(t.split(": ")[0].endswith("cls_labels.json") for t in text), text
+    assert sorted(t.split(": ", 1)[1] for t in text) == [
+        "image 'a': label values [\"dog\"] are not integer class ids",
+        "image 'b': labels must be a list of class ids, got 3",
+        "image 'c': label values [true] are not integer class ids",
+        "image 'd': label values [2.5, \"1\"] are not integer class ids",
+        "image 'g': labels must be a list of class ids, got null",
+    ]
+
+
+def test_split_ids_must_be_plain_file_names(tmp_path):
+    root = tmp_path / "ds"
+    make_dataset(root, ["a", "b"])
+    make_dataset(tmp_path / "other", ["x"])  # a valid image outside the dataset root
+    split = root / "ImageSets" / "Segmentation" / "train.txt"
+    bad = ["../../other/JPEGImages/x", "..", ".hidden", "sub\\x", "/etc/passwd", "nul\x00byte", "bell\x07"]
+    split.write_text("a\n" + "\n".join(bad) + "\n\nb 1\n")
+    ds = VOCDataset(root)
+    with pytest.raises(DatasetError) as err:
+        ds.ids("train")
+    problems = [str(p) for p in err.value.problems]
+    assert len(problems) == len(bad) and all(p.startswith(f"{split}: line ") for p in problems)
+    assert problems[0] == f"{split}: line 2: id '../../other/JPEGImages/x' is not a plain file name " \
+                          "(contains a path separator)"  # fmt: skip
+    assert "line 3: id '..' is not a plain file name (starts with '.')" in problems[1]
+    assert "line 7: id 'nul\\x00byte' is not a plain file name (contains non-printing characters U+0000)" in problems[5]
+    assert "line 8: id 'bell\\x07'" in problems[6]
+    # validation lists the same problems, and still checks the plain ids
+    (root / "JPEGImages" / "b.jpg").unlink()
+    found = [str(p) for p in ds.validate(["train"], workers=2)]
+    assert found[: len(bad)] == problems
+    assert found[len(bad) :] == [f"{root / 'JPEGImages' / 'b.jpg'}: image file missing"]
+
+
+def test_a_byte_order_mark_is_ignored(tmp_path):
+    labels = make_dataset(tmp_path, ["a", "b"], classes=["background", "cat", "dog"])
+    bom = "\ufeff"
+    (tmp_path / "ImageSets" / "Segmentation" / "train.txt").write_text(bom + "a\nb\n", encoding="utf-8")
+    (tmp_path / "classes.txt").write_text(bom + "background\ncat\ndog\n", encoding="utf-8")
+    (tmp_path / "cls_labels.json").write_text(bom + json.dumps(labels), encoding="utf-8")
+    ds = VOCDataset(tmp_path)
+    assert ds.ids("train") == ["a", "b"] and ds.classes == ("background", "cat", "dog")
+    assert ds.labels("a") == (1,) and ds.validate(["train"]) == []
+    # a mark anywhere else is an invisible character in an id: refused, not looked up
+    (tmp_path / "ImageSets" / "Segmentation" / "train.txt").write_text("a\n" + bom + "b\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"line 2: id '\\ufeffb' is not a plain file name \(contains non-printing "
+                                           r"characters U\+FEFF\)"):  # fmt: skip
+        VOCDataset(tmp_path).ids("train")
+
+
+def test_voc_split_files_with_a_byte_order_mark_or_paths(tmp_path):
+    """The raw VOC / SBD split files that prepare_voc reads follow the same rules."""
+    from wsss_core.data.prepare_voc import _read_ids
+
+    path = tmp_path / "train.txt"
+    path.write_text("\ufeff2007_000032\n2007_000039 1\n", encoding="utf-8")
+    assert _read_ids(path) == ["2007_000032", "2007_000039"]
+    path.write_text("2007_000032\n../x\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"train.txt: 1 bad id\(s\): line 2: id '../x' is not a plain file name"):
+        _read_ids(path)

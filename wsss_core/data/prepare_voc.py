@@ -20,7 +20,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from wsss_core.data.voc_layout import VOC_CLASSES, voc_palette
+from wsss_core.data.voc_layout import VOC_CLASSES, id_problem, read_lines, voc_palette
 from wsss_core.fileio import atomic_dir, save_label_png, write_text
 
 # The archives' URLs and md5s are config keys (voc12.* in config.yaml), used by rule download_archive.
@@ -54,9 +54,20 @@ def train_aug_ids(
 
 
 def _read_ids(path: Path) -> list[str]:
+    """The ids of a split file (a leading byte order mark ignored); refuses ids that are not plain names."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: split file missing")
-    return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+    ids, bad = [], []
+    for number, line in enumerate(read_lines(path), 1):
+        if line.strip():
+            image_id = line.split()[0]
+            reason = id_problem(image_id)
+            ids.append(image_id)
+            if reason:
+                bad.append(f"line {number}: id {image_id!r} is not a plain file name ({reason})")
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} bad id(s): " + "; ".join(bad[:20]) + ("; ..." if len(bad) > 20 else ""))
+    return ids
 
 
 def read_sbd_mask(path: Path) -> np.ndarray:

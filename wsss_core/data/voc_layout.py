@@ -12,11 +12,19 @@
 
 Image-level labels come from ``cls_labels.json`` if present, else from the VOC XML
 annotations, else from the masks. Every stage reads data through :class:`VOCDataset`.
+
+Text files are UTF-8; a byte order mark at the start (as some Windows editors write) is ignored.
+An image id is a plain file name (see :func:`id_problem`): the id becomes part of a path, and an
+id such as ``../../other/JPEGImages/x`` would read files outside the dataset root. In
+``cls_labels.json`` a class id is a JSON integer; a number with a zero fraction (``3.0``, as
+float arrays serialise) counts as that integer, while strings (even ``"3"``), booleans and
+other fractions are refused.
 """
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections import Counter
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +56,48 @@ def voc_palette() -> list[int]:
             c >>= 3
         palette += [r, g, b]
     return palette
+
+
+def id_problem(image_id: str) -> str | None:
+    """Why ``image_id`` is not a plain file name, or None if it is one.
+
+    Refused: path separators (``/``, ``\\``), ``.`` and ``..`` and any other leading dot (hidden
+    files), and control or format characters (NUL, an invisible mid-file byte order mark, ...).
+    An absolute path is caught by its separator.
+    """
+    if "/" in image_id or "\\" in image_id:
+        return "contains a path separator"
+    if image_id.startswith("."):
+        return "starts with '.'"
+    bad = sorted({c for c in image_id if unicodedata.category(c) in ("Cc", "Cf")})
+    if bad:
+        return "contains non-printing characters " + ", ".join(f"U+{ord(c):04X}" for c in bad)
+    return None
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file, a leading byte order mark dropped."""
+    return path.read_text(encoding="utf-8-sig").splitlines()
+
+
+def _class_ids(value) -> tuple[list[int], str | None]:
+    """The class ids of one ``cls_labels.json`` entry and a description of what is wrong with it."""
+    if not isinstance(value, list):
+        return [], f"labels must be a list of class ids, got {_json(value)}"
+    ids, bad = [], []
+    for v in value:
+        if isinstance(v, int) and not isinstance(v, bool):
+            ids.append(v)
+        elif isinstance(v, float) and v.is_integer():
+            ids.append(int(v))
+        else:
+            bad.append(v)
+    return ids, (f"label values {_json(bad)} are not integer class ids" if bad else None)
+
+
+def _json(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(frozen=True)
@@ -93,11 +143,38 @@ class VOCDataset:
         return sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
 
     def ids(self, split: str) -> list[str]:
+        """The image ids of ``split``, one per line (the first word of each non-empty line).
+
+        Raises :class:`DatasetError` when the split file is missing or unreadable, or lists
+        ids that are not plain file names (each with its line number).
+        """
+        ids, problems = self._read_split(split)
+        if problems:
+            raise DatasetError(self.root, problems)
+        return ids
+
+    def _read_split(self, split: str) -> tuple[list[str], list[DatasetProblem]]:
+        """The usable ids of ``split`` and the problems of the split file."""
         path = self.split_file(split)
         if not path.is_file():
             have = ", ".join(self.splits()) or "none"
-            raise DatasetError(self.root, [DatasetProblem(str(path), f"split '{split}' not found (splits: {have})")])
-        return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+            return [], [DatasetProblem(str(path), f"split '{split}' not found (splits: {have})")]
+        try:
+            lines = read_lines(path)
+        except (OSError, UnicodeDecodeError) as err:
+            return [], [DatasetProblem(str(path), f"cannot read: {err}")]
+        ids, problems = [], []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            image_id = line.split()[0]
+            reason = id_problem(image_id)
+            if reason:
+                problems.append(DatasetProblem(str(path), f"line {number}: id {image_id!r} is not a plain file name "
+                                                          f"({reason})"))  # fmt: skip
+            else:
+                ids.append(image_id)
+        return ids, problems
 
     def image_path(self, image_id: str) -> Path:
         return self.root / "JPEGImages" / f"{image_id}.jpg"
@@ -137,8 +214,8 @@ class VOCDataset:
     def _labels_json(self) -> dict[str, list[int]]:
         path = self.root / "cls_labels.json"
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DatasetError(self.root, [DatasetProblem(str(path), f"cannot read: {err}")]) from err
         if not isinstance(data, dict):
             raise DatasetError(self.root, [DatasetProblem(str(path), 'expected an object {"image id": [class ids]}')])
@@ -147,13 +224,17 @@ class VOCDataset:
     def labels(self, image_id: str) -> tuple[int, ...]:
         """Sorted foreground class ids (1..num_classes-1) present in the image.
 
-        Raises :class:`DatasetError` naming the label file when the labels cannot be read.
+        Raises :class:`DatasetError` naming the label file when the labels cannot be read or
+        are not a list of integer class ids.
         """
         source = self.label_source
         if source == "cls_labels.json":
             if image_id not in self._labels_json:
                 self._fail(self.root / "cls_labels.json", f"no labels for image '{image_id}'")
-            return tuple(sorted(set(int(c) for c in self._labels_json[image_id])))
+            ids, problem = _class_ids(self._labels_json[image_id])
+            if problem:
+                self._fail(self.root / "cls_labels.json", f"image '{image_id}': {problem}")
+            return tuple(sorted(set(ids)))
         if source == "Annotations":
             return self._labels_from_xml(image_id)
         mask = self.load_mask(image_id)
@@ -188,7 +269,11 @@ class VOCDataset:
         path = self.root / "classes.txt"
         if not path.is_file():
             return VOC_CLASSES
-        names = tuple(ln.strip() for ln in path.read_text().splitlines() if ln.strip())
+        try:
+            lines = read_lines(path)
+        except (OSError, UnicodeDecodeError) as err:
+            raise DatasetError(self.root, [DatasetProblem(str(path), f"cannot read: {err}")]) from err
+        names = tuple(ln.strip() for ln in lines if ln.strip())
         problems = []
         if len(names) < 2:
             problems.append("needs background plus at least one class")
@@ -253,10 +338,9 @@ class VOCDataset:
         problems: list[DatasetProblem] = []
         ids: list[str] = []
         for split in splits:
-            try:
-                split_ids = self.ids(split)
-            except DatasetError as err:
-                problems += err.problems
+            split_ids, split_problems = self._read_split(split)
+            problems += split_problems
+            if split_problems and not split_ids:
                 continue
             if not split_ids:
                 problems.append(DatasetProblem(str(self.split_file(split)), "split lists no images"))
