@@ -17,6 +17,7 @@ rule affinity_labels:
     input:
         cams=CAM_DIR / MAIN_CAMS / f"{CAM_SPLIT}.h5",
         root=dataset_root(),
+        dataset=dataset_parts("train_labels", "train_images"),
         code=code("refine/affinity_labels.py"),
     output:
         directory(AFF_DIR / "confident_labels" / CAM_SPLIT),
@@ -43,6 +44,7 @@ rule train_affinity:
     input:
         labels=rules.affinity_labels.output[0],
         root=dataset_root(),
+        dataset=dataset_parts("train_labels", "train_images"),
         code=code("train/affinity.py", skip=ADDON_MODULES.values()),
     output:
         model=AFF_DIR / "model.pt",
@@ -77,6 +79,7 @@ rule random_walk:
         cams=CAM_DIR / MAIN_CAMS / f"{CAM_SPLIT}.h5",
         model=rules.train_affinity.output.model,
         root=dataset_root(),
+        dataset=dataset_parts("train_labels", "train_images"),
         code=code("refine/propagate.py", skip=ADDON_MODULES.values()),
     output:
         labels=directory(

@@ -11,6 +11,7 @@ rule infer_cams:
     input:
         model=CLS_DIR / "{cams}" / "model.pt",
         root=dataset_root(),
+        dataset=dataset_parts("train_labels", "train_images"),
         code=code("cams/infer.py", skip=ADDON_MODULES.values()),
     output:
         CAM_DIR / "{cams}" / f"{CAM_SPLIT}.h5",
@@ -41,6 +42,7 @@ rule infer_coattentive_cams:
     input:
         model=CLS_DIR / "{method}" / "model.pt",
         root=dataset_root(),
+        dataset=dataset_parts("train_labels", "train_images"),
         code=code("cams/coattention.py", skip=ADDON_MODULES.values()),
     output:
         single=CAM_DIR / "{method}" / f"{CAM_SPLIT}.h5",
@@ -73,6 +75,7 @@ rule merge_erasing_rounds:
     input:
         rounds=lambda wildcards: round_stores(wildcards.variant, ROUNDS),
         root=dataset_root(),
+        dataset=dataset_parts("train_labels"),
         code=code("cams/merge.py"),
     output:
         CAM_DIR / "{variant}" / f"{CAM_SPLIT}.h5",
@@ -99,6 +102,7 @@ rule evaluate_cams:
     input:
         cams=CAM_DIR / "{cams}" / f"{CAM_SPLIT}.h5",
         root=dataset_root(),
+        dataset=dataset_parts("train_masks"),
         code=code("cams/evaluate.py"),
     output:
         sweep=report(

@@ -9,9 +9,8 @@ rule train_classifier:
     """CAM: backbone + 1x1 class conv + GAP; co-attention: the same + co-attention heads on image pairs.
     Multilabel soft-margin losses, checkpointed every epoch."""
     input:
-        # a gate (the dataset passed validation), not data: re-validating must not retrain
-        dataset_summary=ancient(RESULTS / "data" / "dataset_summary.json"),
         root=dataset_root(),
+        dataset=dataset_parts("train_labels", "train_images"),
         extra=lambda wildcards: extra_image_roots(wildcards.method),
         code=lambda wildcards: classifier_code(wildcards.method),
     output:
@@ -52,8 +51,8 @@ rule train_erasing_round:
     """Adversarial erasing, round >= 2: the classifier variant retrained on the images with the regions of the
     earlier rounds' CAMs (above classifier.erasing.threshold) painted over."""
     input:
-        dataset_summary=ancient(RESULTS / "data" / "dataset_summary.json"),
         root=dataset_root(),
+        dataset=dataset_parts("train_labels", "train_images"),
         extra=lambda wildcards: extra_image_roots(wildcards.variant),
         # the earlier rounds' CAM stores: the regions to erase
         erase=lambda wildcards: round_stores(

@@ -12,6 +12,8 @@ REPO = Path(workflow.basedir)
 sys.path.insert(
     0, str(REPO)
 )  # wsss_core.workflow, also when Snakemake runs outside the venv
+from wsss_core.config_checks import path_problems, relation_problems
+from wsss_core.data.fingerprint import PARTS, update_fingerprints
 from wsss_core.workflow import module_sources
 
 
@@ -33,6 +35,12 @@ def check_config(cfg, schema_path):
 
 check_config(config, REPO / "config" / "schema.yaml")
 validate(config, "../config/schema.yaml")  # fills the schema's defaults
+# what the schema cannot say: output paths stay inside data_dir / results_dir, related keys agree
+_problems = path_problems(config, os.getcwd()) + relation_problems(config)
+if _problems:
+    raise WorkflowError(
+        "invalid configuration:\n" + "\n".join(f"  {p}" for p in _problems)
+    )
 
 DATASET = config["dataset"]
 DATA = Path(config["data_dir"])
@@ -58,15 +66,43 @@ def code(*modules, skip=()):
 
 
 def dataset_root():
-    """Root folder of the configured dataset (VOC layout); produced by a rule unless source=folder."""
-    source = DATASET["source"]
-    if source == "folder":
+    """Root folder of the configured dataset (VOC layout): a user's folder (source=folder; its contents are
+    tracked by dataset_parts(), so its own mtime is ignored) or the folder a rule in data.smk builds.
+    """
+    if DATASET["source"] == "folder":
         root = Path(DATASET["root"])
         if not root.is_dir():
             raise WorkflowError(f"config key dataset.root: {root} is not a folder")
-        return root
-    # demo and voc12 datasets are built by rules in data.smk under data_dir/<name>
+        return ancient(root)
     return DATA / DATASET["name"]
+
+
+# The dataset in parts (wsss_core/data/fingerprint.py): the labels, images and masks of the train and eval
+# splits. Rule validate_dataset checks each part into VALIDATED / <part>.json; a step takes the parts it reads.
+# A user's folder is fingerprinted by content each time the workflow is parsed: one file per part, rewritten
+# only when that part changed, as the input of the part's validation.
+VALIDATED = RESULTS / "data" / "validated"
+FINGERPRINTS = (
+    update_fingerprints(
+        str(dataset_root()),
+        DATASET["train_split"],
+        DATASET["eval_split"],
+        RESULTS / "data" / "fingerprint",
+    )
+    if DATASET["source"] == "folder"
+    else {}
+)
+
+
+def part_split(part):
+    """The split a dataset part belongs to (train_labels -> dataset.train_split)."""
+    return DATASET[f"{part.partition('_')[0]}_split"]
+
+
+def dataset_parts(*parts):
+    """The validated dataset parts a step reads, as inputs: it starts only on checked data, and an edit
+    inside the dataset reruns exactly the steps that read what changed."""
+    return [VALIDATED / f"{p}.json" for p in parts]
 
 
 # Classifiers and their CAMs. The {method} wildcard names a classifier variant: a method (cam |

@@ -1,5 +1,6 @@
-# Data stage: build or fetch the dataset, then validate it once, up front.
-# Later stages take validate_dataset's summary as input, so they never start on a broken dataset.
+# Data stage: build or fetch the dataset, then validate it up front, in parts (labels, images, masks of the
+# train and eval splits). Each later step takes the validated parts it reads as inputs, so it never starts on a
+# broken dataset and reruns when, and only when, one of those parts changes.
 
 VOC12 = config["voc12"]
 # Archive file name -> (config key of its URL, config key of its md5, extraction folder)
@@ -57,6 +58,7 @@ rule download_archive:
         md5=lambda wc: VOC12[ARCHIVES[wc.filename][1]],
         retries=VOC12["retries"],
         timeout_s=VOC12["timeout_s"],
+        deadline_s=VOC12["deadline_s"],
     script:
         "../workflow_scripts/download.py"
 
@@ -109,10 +111,43 @@ if DATASET["source"] == "voc12":
 
 
 rule validate_dataset:
-    """Check every image, mask and label of the splits used; fail listing every problem by file."""
+    """Check one part of the dataset - the labels, images or masks of the train or eval split - listing every
+    problem by file; the steps that read the part take its record as input."""
     input:
         root=dataset_root(),
-        code=code("data/summary.py"),
+        # a user's folder: the part's content fingerprint (common.smk), rewritten only when the part changed
+        fingerprint=lambda wildcards: FINGERPRINTS.get(wildcards.part, []),
+        code=code("data/validate.py"),
+    output:
+        VALIDATED / "{part}.json",
+    log:
+        LOGS / "data" / "validate_{part}.log",
+    benchmark:
+        BENCH / "data" / "validate_{part}.tsv"
+    wildcard_constraints:
+        part=one_of(PARTS),
+    conda:
+        "../envs/wsss.yaml"
+    threads: DATASET["workers"]
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        split=lambda wildcards: part_split(wildcards.part),
+        kind=lambda wildcards: wildcards.part.partition("_")[2],
+        # training needs image labels only; evaluation needs masks
+        require_masks=lambda wildcards: wildcards.part == "eval_masks"
+        or DATASET["train_split"] == DATASET["eval_split"],
+    script:
+        "../workflow_scripts/validate_dataset.py"
+
+
+rule summarize_dataset:
+    """Images, masks and labels per split and images per class, for people; no step reads it."""
+    input:
+        root=dataset_root(),
+        parts=dataset_parts(*PARTS),
+        code=code("data/validate.py"),
     output:
         summary=RESULTS / "data" / "dataset_summary.json",
         class_counts=report(
@@ -121,12 +156,12 @@ rule validate_dataset:
             caption="../report/class_counts.rst",
         ),
     log:
-        LOGS / "data" / "validate_dataset.log",
+        LOGS / "data" / "summarize_dataset.log",
     benchmark:
-        BENCH / "data" / "validate_dataset.tsv"
+        BENCH / "data" / "summarize_dataset.tsv"
     conda:
         "../envs/wsss.yaml"
-    threads: DATASET["workers"]
+    threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
@@ -134,4 +169,4 @@ rule validate_dataset:
         train_split=DATASET["train_split"],
         eval_split=DATASET["eval_split"],
     script:
-        "../workflow_scripts/validate_dataset.py"
+        "../workflow_scripts/summarize_dataset.py"

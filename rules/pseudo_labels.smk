@@ -15,6 +15,7 @@ rule make_pseudo_labels:
         cams=CAM_DIR / MAIN_CAMS / f"{CAM_SPLIT}.h5",
         best=expand(rules.evaluate_cams.output.best, cams=MAIN_CAMS)[0],
         root=dataset_root(),
+        dataset=dataset_parts("train_labels", "train_images"),
         code=code("pseudo/labels.py"),
     output:
         directory(PSEUDO_DIR / "confident" / CAM_SPLIT),
@@ -43,6 +44,7 @@ rule make_saliency_pseudo_labels:
         cams=lambda w: CAM_DIR / recipe_cams(w.recipe) / f"{CAM_SPLIT}.h5",
         saliency=SALIENCY_H5,
         root=dataset_root(),
+        dataset=dataset_parts("train_labels", "train_images"),
         code=code("pseudo/saliency_labels.py"),
     output:
         directory(PSEUDO_DIR / "{recipe}" / CAM_SPLIT),
@@ -71,6 +73,7 @@ rule evaluate_pseudo_labels:
     input:
         labels=PSEUDO_DIR / "{recipe}" / CAM_SPLIT,
         root=dataset_root(),
+        dataset=dataset_parts("train_masks"),
         code=code("label_maps.py"),
     output:
         per_class=report(

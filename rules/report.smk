@@ -8,6 +8,7 @@ rule overlays:
         pseudo_labels=PSEUDO_DIR / PSEUDO["recipe"] / CAM_SPLIT,
         model=expand(rules.train_segmentation.output.model, labels=MAIN_CAMS),
         root=dataset_root(),
+        dataset=dataset_parts("train_labels", "train_images", "train_masks"),
         code=code("report/overlays.py"),
     output:
         report(

@@ -8,6 +8,7 @@ rule make_saliency:
     """U2-Netp saliency (onnxruntime) or the user's PNGs, checked and stored as HDF5 at image resolution."""
     input:
         root=dataset_root(),
+        dataset=dataset_parts("train_labels", "train_images"),
         user_maps=saliency_folder(),
         code=code("pseudo/saliency.py"),
     output:

@@ -16,9 +16,13 @@ wildcard_constraints:
 rule train_segmentation:
     """Cross-entropy (255 ignored), SGD with poly decay, checkpointed every epoch."""
     input:
-        # a gate (the dataset passed validation), not data: re-validating must not retrain
-        dataset_summary=ancient(RESULTS / "data" / "dataset_summary.json"),
         root=dataset_root(),
+        # the reference learns from the GT masks of the training split
+        dataset=lambda wildcards: dataset_parts(
+            "train_labels",
+            "train_images",
+            *(["train_masks"] if wildcards.labels == REFERENCE else []),
+        ),
         labels=segmentation_labels,
         code=code("train/segmentation.py"),
     output:
@@ -54,6 +58,7 @@ rule predict_segmentation:
     input:
         model=rules.train_segmentation.output.model,
         root=dataset_root(),
+        dataset=dataset_parts("eval_images"),
         code=code("segmentation/predict.py"),
     output:
         directory(SEG_DIR / "{labels}" / "predictions" / EVAL_SPLIT),
@@ -82,6 +87,7 @@ rule evaluate_segmentation:
     input:
         labels=rules.predict_segmentation.output[0],
         root=dataset_root(),
+        dataset=dataset_parts("eval_masks"),
         code=code("label_maps.py"),
     output:
         per_class=report(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -54,3 +55,29 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, repo: Path = RE
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def plan(out):
+    """Snakemake's plan from a dry-run's output (not --quiet): ({(rule, wildcards): {reason: detail}}, summary).
+
+    Each job block has a line ``reason: A: x, y; B`` (the reasons joined by "; ", a detail after ": ");
+    the summary under ``Reasons:`` maps each reason, lower case, to the set of rules planned for it.
+    """
+    jobs, summary, lines = {}, {}, out.splitlines()
+    for i, line in enumerate(lines):
+        if job := re.fullmatch(r"(?:local)?rule (\w+):", line):
+            fields = {}
+            for field in lines[i + 1:]:
+                if not field.startswith("    "):
+                    break
+                key, _, value = field.strip().partition(": ")
+                fields[key] = value
+            reasons = (part.partition(": ") for part in fields["reason"].split("; "))
+            jobs[job[1], fields.get("wildcards", "")] = {kind: detail for kind, _, detail in reasons}
+    if "Reasons:" in lines:
+        rest = lines[lines.index("Reasons:") + 2:]  # after "(check individual jobs above for details)"
+        for heading, rules in zip(rest[::2], rest[1::2]):
+            if not (heading.startswith("    ") and heading.endswith(":") and rules.startswith("        ")):
+                break
+            summary[heading.strip()[:-1]] = set(rules.strip().split(", "))
+    return jobs, summary

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, copy_workflow, run_snakemake, shared_dataset
+from conftest import REPO, copy_workflow, plan, run_snakemake, shared_dataset
 from voc_archives import EXPECTED_TRAIN_AUG, FaultyServer, build_archives
 from wsss_core.workflow import module_sources
 
@@ -37,32 +37,6 @@ def test_dry_run_of_default_config_lists_the_data_stage(tmp_path):
     out = run_snakemake(tmp_path, "-n", "--quiet", "rules").stdout
     for rule in ("demo_dataset", "validate_dataset", "all"):
         assert rule in out, out
-
-
-def plan(out):
-    """Snakemake's plan from a dry-run's output (not --quiet): ({(rule, wildcards): {reason: detail}}, summary).
-
-    Each job block has a line ``reason: A: x, y; B`` (the reasons joined by "; ", a detail after ": ");
-    the summary under ``Reasons:`` maps each reason, lower case, to the set of rules planned for it.
-    """
-    jobs, summary, lines = {}, {}, out.splitlines()
-    for i, line in enumerate(lines):
-        if job := re.fullmatch(r"(?:local)?rule (\w+):", line):
-            fields = {}
-            for field in lines[i + 1:]:
-                if not field.startswith("    "):
-                    break
-                key, _, value = field.strip().partition(": ")
-                fields[key] = value
-            reasons = (part.partition(": ") for part in fields["reason"].split("; "))
-            jobs[job[1], fields.get("wildcards", "")] = {kind: detail for kind, _, detail in reasons}
-    if "Reasons:" in lines:
-        rest = lines[lines.index("Reasons:") + 2:]  # after "(check individual jobs above for details)"
-        for heading, rules in zip(rest[::2], rest[1::2]):
-            if not (heading.startswith("    ") and heading.endswith(":") and rules.startswith("        ")):
-                break
-            summary[heading.strip()[:-1]] = set(rules.strip().split(", "))
-    return jobs, summary
 
 
 def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):

@@ -1,13 +1,14 @@
-"""Rule validate_dataset: check the dataset up front and summarise it."""
-from wsss_core.data.summary import summarize_dataset
+"""Rule validate_dataset: check the labels, images or masks of one split."""
+from wsss_core.data.validate import validate_part
 from wsss_core.workflow import logged
 
 with logged(snakemake.log[0]):
-    summarize_dataset(
+    p = snakemake.params
+    validate_part(
         snakemake.input.root,
-        train_split=snakemake.params.train_split,
-        eval_split=snakemake.params.eval_split,
-        summary_json=snakemake.output.summary,
-        class_counts_csv=snakemake.output.class_counts,
+        p.split,
+        p.kind,
+        require_masks=p.require_masks,
+        out_json=snakemake.output[0],
         workers=snakemake.threads,
     )

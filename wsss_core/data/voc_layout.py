@@ -41,6 +41,7 @@ VOC_CLASSES = (
     "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
 IGNORE_INDEX = 255
+KINDS = ("labels", "images", "masks")  # what VOCDataset.validate checks of each image
 
 
 def voc_palette() -> list[int]:
@@ -285,37 +286,52 @@ class VOCDataset:
             raise DatasetError(self.root, [DatasetProblem(str(path), m) for m in problems])
         return names
 
-    def _check_image(self, image_id: str, require_mask: bool) -> list[DatasetProblem]:
-        problems = []
-        img_path, mask_path = self.image_path(image_id), self.mask_path(image_id)
-        size = None
+    def _image_size(self, image_id: str, decode: bool) -> tuple[tuple[int, int] | None, list[DatasetProblem]]:
+        """The image's (width, height), decoding every pixel when ``decode`` (else the header only)."""
+        img_path = self.image_path(image_id)
         if not img_path.is_file():
-            problems.append(DatasetProblem(str(img_path), "image file missing"))
-        else:
-            try:
-                with Image.open(img_path) as img:
+            return None, [DatasetProblem(str(img_path), "image file missing")]
+        try:
+            with Image.open(img_path) as img:
+                if decode:
                     img.load()
-                    size = img.size
-            except Exception as err:  # PIL raises many types for broken files
-                problems.append(DatasetProblem(str(img_path), f"unreadable image ({err})"))
+                return img.size, []
+        except Exception as err:  # PIL raises many types for broken files
+            return None, [DatasetProblem(str(img_path), f"unreadable image ({err})")]
+
+    def _check_mask(self, image_id: str, require_mask: bool) -> tuple[np.ndarray | None, list[DatasetProblem]]:
+        """The mask (None when absent or unreadable) and its problems: missing when required, unreadable,
+        another size than its image, class ids out of range."""
+        mask_path = self.mask_path(image_id)
+        if not mask_path.is_file():
+            return None, [DatasetProblem(str(mask_path), "mask file missing")] if require_mask else []
+        try:
+            mask = self.load_mask(image_id)
+        except Exception as err:
+            return None, [DatasetProblem(str(mask_path), f"unreadable mask ({err})")]
+        problems = []
+        size, _ = self._image_size(image_id, decode=False)  # a missing or broken image is the images' problem
+        if size is not None and (mask.shape[1], mask.shape[0]) != size:
+            problems.append(DatasetProblem(
+                str(mask_path), f"mask size {mask.shape[1]}x{mask.shape[0]} != image size {size[0]}x{size[1]}"))
+        values = np.unique(mask)
+        bad = [int(v) for v in values if v >= self.num_classes and v != IGNORE_INDEX]
+        if bad:
+            problems.append(DatasetProblem(
+                str(mask_path), f"class ids {bad} outside 0..{self.num_classes - 1} (and 255)"))
+        return mask, problems
+
+    def _check_image(self, image_id: str, require_mask: bool, kinds=KINDS) -> list[DatasetProblem]:
+        problems = []
+        if "images" in kinds:
+            problems += self._image_size(image_id, decode=True)[1]
         mask = None
-        if mask_path.is_file():
-            try:
-                mask = self.load_mask(image_id)
-            except Exception as err:
-                problems.append(DatasetProblem(str(mask_path), f"unreadable mask ({err})"))
-        elif require_mask:
-            problems.append(DatasetProblem(str(mask_path), "mask file missing"))
-        if mask is not None:
-            if size is not None and (mask.shape[1], mask.shape[0]) != size:
-                problems.append(DatasetProblem(
-                    str(mask_path), f"mask size {mask.shape[1]}x{mask.shape[0]} != image size {size[0]}x{size[1]}"))
-            values = np.unique(mask)
-            bad = [int(v) for v in values if v >= self.num_classes and v != IGNORE_INDEX]
-            if bad:
-                problems.append(DatasetProblem(
-                    str(mask_path), f"class ids {bad} outside 0..{self.num_classes - 1} (and 255)"))
-        problems += self._check_labels(image_id, mask)
+        if "masks" in kinds or ("labels" in kinds and self.label_source == "SegmentationClass"):
+            mask, mask_problems = self._check_mask(image_id, require_mask and "masks" in kinds)
+            if "masks" in kinds:
+                problems += mask_problems
+        if "labels" in kinds:
+            problems += self._check_labels(image_id, mask)
         return problems
 
     def _check_labels(self, image_id: str, mask: np.ndarray | None) -> list[DatasetProblem]:
@@ -333,8 +349,13 @@ class VOCDataset:
             return [DatasetProblem(str(where), f"image '{image_id}': label ids {bad} outside 1..{self.num_classes - 1}")]
         return []
 
-    def validate(self, splits: list[str], require_masks: bool = True, workers: int = 4) -> list[DatasetProblem]:
-        """Check every image of ``splits``; return all problems found (empty list = valid)."""
+    def validate(self, splits: list[str], require_masks: bool = True, workers: int = 4,
+                 kinds: tuple[str, ...] = KINDS) -> list[DatasetProblem]:  # fmt: skip
+        """Check every image of ``splits``; return all problems found (empty list = valid).
+
+        ``kinds`` picks what is checked of each image: its labels, its image file (decoded), its mask (readable,
+        the image's size, class ids in range; required when ``require_masks``). The split lists are always checked.
+        """
         problems: list[DatasetProblem] = []
         ids: list[str] = []
         for split in splits:
@@ -350,7 +371,7 @@ class VOCDataset:
             ids += split_ids
         unique_ids = list(dict.fromkeys(ids))
         with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL decodes without the GIL
-            for found in pool.map(lambda i: self._check_image(i, require_masks), unique_ids):
+            for found in pool.map(lambda i: self._check_image(i, require_masks, kinds), unique_ids):
                 problems += found
         return problems
 

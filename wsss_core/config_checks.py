@@ -1,0 +1,140 @@
+"""Checks of the workflow configuration that a JSON schema cannot express, run when the workflow is parsed.
+
+The schema (config/schema.yaml) checks each value on its own. Two kinds of mistakes need the values together:
+
+* output paths: a value that builds a path (``dataset.name``, the split names, ``data_dir``, ``results_dir``)
+  must leave every output strictly inside ``data_dir`` or ``results_dir``. Snakemake deletes the outputs of a
+  failed job, so an output path that resolves to ``data_dir`` itself, its parent or the checkout would be
+  removed wholesale; two output trees nested in each other make Snakemake refuse the DAG without naming a key.
+* relations between keys: ``[min, max]`` pairs, threshold ranges, crop sizes that the networks' strides must
+  divide. Caught here, before any job starts, instead of as a torch error deep inside a training rule.
+
+Each function returns a list of problems, one line each, starting with the config key at fault.
+Standard library only: it runs inside Snakemake's own interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+# A plain file name: no separators, not "." or "..", not hidden, printable.
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# Folders the workflow itself creates directly under data_dir (rules/data.smk).
+RESERVED_DATA_NAMES = ("downloads", "extracted")
+
+
+def is_plain_name(name: object) -> bool:
+    """Whether ``name`` can be one path component of an output: letters, digits, ``_ . -``, not starting with a dot."""
+    return isinstance(name, str) and _PLAIN.fullmatch(name) is not None and name not in (".", "..")
+
+
+def _resolved(path: str | os.PathLike, workdir: Path) -> Path:
+    path = Path(os.path.expanduser(str(path)))
+    return Path(os.path.realpath(path if path.is_absolute() else workdir / path))
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    """Whether ``child`` is ``parent`` or below it (both resolved)."""
+    return child == parent or parent in child.parents
+
+
+def path_problems(cfg: dict, workdir: str | os.PathLike = ".") -> list[str]:
+    """Problems with the output paths ``cfg`` builds, relative to Snakemake's working directory ``workdir``."""
+    workdir = Path(os.path.realpath(workdir))
+    problems = []
+    dataset = cfg.get("dataset", {})
+    name = dataset.get("name")
+    for key in ("name", "train_split", "eval_split"):
+        value = dataset.get(key)
+        if value is not None and not is_plain_name(value):
+            problems.append(f"config key dataset.{key}: {value!r} must be a plain name (letters, digits, '_', '.', "
+                            "'-'; not starting with '.'): it names output folders and files")  # fmt: skip
+    data_dir, results_dir = cfg.get("data_dir"), cfg.get("results_dir")
+    if not data_dir or not results_dir:
+        return problems + [f"config key {k}: must be a non-empty path" for k in ("data_dir", "results_dir")
+                           if not cfg.get(k)]  # fmt: skip
+    data, results = _resolved(data_dir, workdir), _resolved(results_dir, workdir)
+    if data == results:
+        problems.append(f"config key results_dir: {results_dir!r} is the same folder as data_dir ({data})")
+    elif _inside(results, data):
+        problems.append(f"config key results_dir: {results} lies inside data_dir ({data}); use separate folders")
+    elif _inside(data, results):
+        problems.append(f"config key data_dir: {data} lies inside results_dir ({results}); use separate folders")
+    for parent, key in ((data, "data_dir"), (results, "results_dir")):
+        if _inside(workdir, parent):
+            problems.append(f"config key {key}: {parent} contains the working directory {workdir}; "
+                            "outputs must live in a folder of their own")  # fmt: skip
+    if not is_plain_name(name):
+        return problems
+    source = dataset.get("source")
+    if source in ("demo", "voc12") and name in RESERVED_DATA_NAMES:
+        problems.append(f"config key dataset.name: {name!r} is reserved: data_dir/{name} holds the downloaded "
+                        "or extracted archives")  # fmt: skip
+    if source == "folder" and dataset.get("root"):
+        root, run = _resolved(dataset["root"], workdir), results / name
+        if _inside(root, run):
+            problems.append(f"config key dataset.root: {root} lies inside this run's outputs ({run})")
+    return problems
+
+
+def _pair(cfg: dict, section: str, key: str) -> list[str]:
+    value = cfg.get(section, {}).get(key)
+    if isinstance(value, list) and len(value) == 2 and value[0] > value[1]:
+        return [f"config key {section}.{key}: [min, max] expected, got {value} (min > max)"]
+    return []
+
+
+def _stride(section: dict) -> int:
+    return 8 if section.get("backbone") == "vgg16_largefov" else section.get("output_stride", 16)
+
+
+def relation_problems(cfg: dict) -> list[str]:
+    """Problems between keys of a config whose values each passed the schema (defaults filled in)."""
+    problems = []
+    problems += _pair(cfg, "classifier", "resize_long")
+    problems += _pair(cfg, "affinity", "scale_range")
+    problems += _pair(cfg, "segmentation", "scale_range")
+
+    cls = cfg.get("classifier", {})
+    variants = [cls.get("method", ""), *cls.get("compare", [])]
+    if any("puzzle" in v.split("+") for v in variants) and "puzzle" in cls:
+        tiles, stride, crop = cls["puzzle"]["tiles"], _stride(cls), cls["crop_size"]
+        if crop % (tiles * stride):
+            problems.append(f"config key classifier.crop_size: {crop} must be a multiple of classifier.puzzle.tiles "
+                            f"x the backbone stride ({tiles} x {stride}) for the +puzzle variants")  # fmt: skip
+    if cls.get("lr_policy") == "step":
+        steps = cls.get("lr_decay_epochs", [])
+        if steps != sorted(set(steps)):
+            problems.append(f"config key classifier.lr_decay_epochs: {steps} must be strictly increasing")
+
+    thresholds = cfg.get("cams", {}).get("eval_thresholds")
+    if thresholds and thresholds["min"] > thresholds["max"]:
+        problems.append(f"config key cams.eval_thresholds: min {thresholds['min']} > max {thresholds['max']}")
+
+    aff = cfg.get("affinity", {})
+    if aff and aff["high_alpha"] <= aff["low_alpha"]:
+        problems.append(f"config key affinity.high_alpha: {aff['high_alpha']} must exceed affinity.low_alpha "
+                        f"({aff['low_alpha']})")  # fmt: skip
+    if aff and aff["crop_size"] % aff["output_stride"]:
+        problems.append(f"config key affinity.crop_size: {aff['crop_size']} must be a multiple of "
+                        f"affinity.output_stride ({aff['output_stride']})")  # fmt: skip
+
+    pseudo = cfg.get("pseudo_labels", {})
+    threshold = pseudo.get("threshold")
+    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+        if threshold + pseudo["fg_margin"] >= 1:
+            problems.append(f"config key pseudo_labels.fg_margin: threshold {threshold} + fg_margin "
+                            f"{pseudo['fg_margin']} >= 1 leaves no CAM value confident foreground")  # fmt: skip
+        if threshold - pseudo["bg_margin"] < 0:
+            problems.append(f"config key pseudo_labels.bg_margin: threshold {threshold} - bg_margin "
+                            f"{pseudo['bg_margin']} < 0 leaves no CAM value confident background")  # fmt: skip
+
+    demo = cfg.get("demo", {})
+    if cfg.get("dataset", {}).get("source") == "demo" and demo:
+        n_val = round(demo["n_images"] * demo["val_fraction"])
+        if n_val < 1 or n_val > demo["n_images"] - 1:
+            problems.append(f"config key demo.val_fraction: {demo['val_fraction']} of demo.n_images "
+                            f"{demo['n_images']} leaves the val or the train split empty")  # fmt: skip
+    return problems
