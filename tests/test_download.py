@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -267,3 +268,45 @@ def test_safe_extract_not_an_archive(tmp_path):
     with pytest.raises(ArchiveError, match="junk.tgz"):
         safe_extract(archive, tmp_path / "out", log=lambda m: None)
     assert os.listdir(tmp_path) == ["junk.tgz"]
+
+
+def test_deadline_stops_a_server_that_trickles(server, tmp_path):
+    server.trickle = (2_000, 0.05)  # 40 kB/s: every read gets bytes, so no read times out; 300 kB take 7.5 s
+    dest = tmp_path / "file.bin"
+    url = server.url("/file.bin")
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as info:
+        quiet_fetch(url, dest, timeout_s=60, deadline_s=1, deadline_name="config key voc12.deadline_s")
+    assert time.monotonic() - start < 4
+    part = tmp_path / "file.bin.part"
+    kept = part.stat().st_size
+    assert 0 < kept < len(PAYLOAD) and not dest.exists()  # the bytes so far stay for a rerun
+    message = str(info.value)
+    assert message.startswith(f"download of {url} exceeded the deadline of 1 s (config key voc12.deadline_s) "
+                              f"after {kept} bytes")  # fmt: skip
+    assert str(part) in message and len(server.requests) == 1
+    server.trickle = None  # the rerun resumes where the deadline stopped the first
+    quiet_fetch(url, dest)
+    assert dest.read_bytes() == PAYLOAD and server.requests[-1].range == f"bytes={kept}-"
+
+
+def test_deadline_is_checked_before_waiting_to_retry(server, tmp_path):
+    server.drop_after, server.drop_requests = 70_000, 99
+    sleeps: list[float] = []
+    expected = r"exceeded the deadline of 30 s after 70000 bytes .*; the attempt before failed: _ShortRead"
+    with pytest.raises(DownloadError, match=expected) as info:
+        fetch(server.url("/file.bin"), tmp_path / "file.bin", PAYLOAD_MD5, backoff_s=60, deadline_s=30,
+              log=lambda m: None, sleep=sleeps.append)  # fmt: skip
+    assert sleeps == [] and len(server.requests) == 1  # a 60 s wait would end past the deadline: none started
+    assert server.url("/file.bin") in str(info.value)
+
+
+def test_short_download_without_content_length_says_so(server, tmp_path):
+    server.no_length = True
+    quiet_fetch(server.url("/file.bin"), tmp_path / "whole.bin")  # no size, but every byte: fine
+    server.drop_after, server.drop_requests = 100_000, 99
+    with pytest.raises(DownloadError) as info:
+        quiet_fetch(server.url("/file.bin"), tmp_path / "file.bin", retries=2)
+    assert "got 100000 bytes and the server sent no Content-Length, so a connection that closed early leaves a " \
+           "short file" in str(info.value)  # fmt: skip
+    assert (tmp_path / "whole.bin").read_bytes() == PAYLOAD and not (tmp_path / "file.bin").exists()

@@ -13,6 +13,7 @@ import io
 import re
 import tarfile
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -168,6 +169,9 @@ class FaultyServer:
     ``drop_after`` body bytes and close the connection. ``ignore_range``: answer 200
     with the whole file. ``corrupt``: flip one byte in the middle of every body.
     ``wrong_range``: answer a Range request with 206 but the bytes from offset 0.
+    ``trickle = (n, pause_s)``: send the body ``n`` bytes at a time, pausing ``pause_s`` between
+    pieces (no read ever waits long enough to time out). ``no_length``: send no Content-Length
+    (the body ends when the connection closes, so a drop looks like the end of the file).
     """
 
     def __init__(self, files: dict[str, bytes]):
@@ -178,6 +182,8 @@ class FaultyServer:
         self.ignore_range = False
         self.corrupt = False
         self.wrong_range = False
+        self.trickle: tuple[int, float] | None = None
+        self.no_length = False
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
@@ -227,9 +233,21 @@ class FaultyServer:
                 self.send_response(206 if partial else 200)
                 if partial:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(body)))
+                if not server.no_length:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body if drop is None else body[:drop])
-                self.wfile.flush()
+                body = body if drop is None else body[:drop]
+                if server.trickle is None:
+                    self.wfile.write(body)
+                    self.wfile.flush()
+                    return
+                n, pause_s = server.trickle
+                try:
+                    for start in range(0, len(body), n):
+                        self.wfile.write(body[start : start + n])
+                        self.wfile.flush()
+                        time.sleep(pause_s)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up
+                    pass
 
         return Handler

@@ -1,8 +1,9 @@
 """Fetch and unpack the public archives (VOC 2012, SBD) without trusting the network.
 
 The archives are gigabytes on slow academic servers, so :func:`fetch` resumes a
-partial ``.part`` file with an HTTP Range request, retries with backoff, and only
-renames the file into place once its checksum matches: an md5 (the datasets publish
+partial ``.part`` file with an HTTP Range request, retries with backoff, gives up at an
+optional wall-clock deadline (a server that trickles bytes never trips the per-read
+timeout), and only renames the file into place once its checksum matches: an md5 (the datasets publish
 md5s) and/or a sha256 prefix (PyTorch checkpoints such as ``resnet50-0676ba61.pth``
 carry the first hex digits of their sha256 in the file name). :func:`safe_extract`
 vets every member before anything is written and unpacks into a temporary folder
@@ -68,6 +69,10 @@ class _ShortRead(OSError):
     """The connection closed before the announced number of bytes arrived."""
 
 
+class _DeadlinePassed(Exception):
+    """The wall-clock deadline of a fetch passed (not an OSError: no retry)."""
+
+
 def _hexdigests(path: str | os.PathLike, algorithms: list[str]) -> dict[str, str]:
     """Hex digests of a file in one pass of 1 MiB chunks, so multi-GB archives need no memory."""
     digests = {name: hashlib.new(name) for name in algorithms}
@@ -108,16 +113,28 @@ def _total_size(resp: http.client.HTTPResponse, offset: int) -> int | None:
     return offset + int(length) if length is not None and length.isdigit() else None
 
 
-def _download_to(url: str, part: Path, timeout_s: float, log: Callable[[str], None]) -> None:
-    """One attempt: append to ``part`` from its current size (or restart); raise on a short read."""
+def _download_to(url: str, part: Path, timeout_s: float, log: Callable[[str], None],
+                 deadline: float | None = None) -> bool:  # fmt: skip
+    """One attempt: append to ``part`` from its current size (or restart); raise on a short read.
+
+    Returns whether the server told the file's size (without it a connection that closes early
+    cannot be told from the end of the file). ``deadline`` (a ``time.monotonic()`` value) is checked
+    after every read, which returns what one socket read got, so a slow trickle cannot outlast it;
+    no single read waits longer than ``timeout_s``, nor than the time left when the attempt starts.
+    """
     offset = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={offset}-"} if offset else {}
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _DeadlinePassed()
+        timeout_s = min(timeout_s, left)
     try:
         resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s)
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:
             log(f"{url}: server has no bytes past {offset}; checking the partial file as complete")
-            return
+            return True
         raise
     with resp:
         content_range = resp.headers.get("Content-Range", "")
@@ -134,10 +151,12 @@ def _download_to(url: str, part: Path, timeout_s: float, log: Callable[[str], No
         total = _total_size(resp, offset)
         done, next_log = offset, 0.0
         with open(part, mode) as f:
-            for block in iter(lambda: resp.read(CHUNK), b""):
+            for block in iter(lambda: resp.read1(CHUNK), b""):
                 f.write(block)
                 done += len(block)
-                if done >= next_log:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise _DeadlinePassed()
+                if done >= next_log or done == total:  # the 100% line, however the reads fell
                     if total:
                         log(f"{part.name}: {_human(done)} / {_human(total)} ({100 * done / total:.0f}%)")
                         next_log = done + PROGRESS_STEP * total
@@ -146,6 +165,7 @@ def _download_to(url: str, part: Path, timeout_s: float, log: Callable[[str], No
                         next_log = done + UNKNOWN_SIZE_STEP
     if total is not None and done != total:
         raise _ShortRead(f"connection closed at {done} of {total} bytes")
+    return total is not None
 
 
 def fetch(
@@ -158,6 +178,8 @@ def fetch(
     log: Callable[[str], None] = print,
     sleep: Callable[[float], None] = time.sleep,
     sha256_prefix: str | None = None,
+    deadline_s: float | None = None,
+    deadline_name: str | None = None,
 ) -> Path:
     """Download ``url`` to ``dest`` and verify it; resume, retry, never leave a bad ``dest``.
 
@@ -165,12 +187,18 @@ def fetch(
     least one is required, so unverified bytes are never accepted. Bytes go to
     ``dest + ".part"``; a network error keeps them for the next attempt to resume, a
     checksum mismatch deletes them. Waits ``backoff_s * 2**(attempt-1)`` between
-    attempts (``sleep`` is injectable for tests). Raises :class:`DownloadError`.
+    attempts (``sleep`` is injectable for tests). ``deadline_s`` bounds the wall-clock time of
+    all attempts together (checked between reads and before each retry; ``deadline_name``, e.g. the
+    config key that sets it, is named in the error); the ``.part`` file is kept for a rerun to
+    resume. Raises :class:`DownloadError`.
     """
     if retries < 1:
         raise ValueError(f"retries must be >= 1, got {retries}")
     if not md5 and not sha256_prefix:
         raise ValueError(f"fetch({url}) needs md5 or sha256_prefix: it never accepts unverified bytes")
+    if deadline_s is not None and not deadline_s > 0:
+        raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
+    deadline = None if deadline_s is None else time.monotonic() + deadline_s
     dest = Path(dest)
     md5 = md5.lower() if md5 else None
     sha256_prefix = sha256_prefix.lower() if sha256_prefix else None
@@ -185,11 +213,23 @@ def fetch(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     actual: dict[str, str] = {}
-    failure = "no attempt made"
+    failure = None  # the last failed attempt's error
+
+    def deadline_passed() -> DownloadError:
+        size = part.stat().st_size if part.exists() else 0
+        named = f" ({deadline_name})" if deadline_name else ""
+        kept = f"; the {size} bytes in {part} are kept for the next run to resume" if size else ""
+        before = f"; the attempt before failed: {failure}" if failure else ""
+        message = (f"download of {url} exceeded the deadline of {deadline_s:g} s{named} after {size} bytes"
+                   f" ({_human(size)}){kept}{before}")  # fmt: skip
+        return DownloadError(message, url, dest, md5, None, sha256_prefix, None)
+
     for attempt in range(1, retries + 1):
         log(f"{url}: attempt {attempt}/{retries} -> {dest}")
         try:
-            _download_to(url, part, timeout_s, log)
+            sized = _download_to(url, part, timeout_s, log, deadline)
+        except _DeadlinePassed:
+            raise deadline_passed() from None
         except urllib.error.HTTPError as err:
             failure = f"HTTP {err.code} {err.reason}"
             if err.code in _PERMANENT_HTTP:
@@ -202,11 +242,18 @@ def fetch(
                 os.replace(part, dest)
                 log(f"{dest}: done, {checks} ok")
                 return dest
+            size = part.stat().st_size
             part.unlink()
             failure = mismatch
+            if not sized:
+                failure += (f"; got {size} bytes and the server sent no Content-Length, so a connection that "
+                            "closed early leaves a short file")  # fmt: skip
         log(f"{url}: attempt {attempt} failed ({failure})")
         if attempt < retries:
-            sleep(backoff_s * 2 ** (attempt - 1))
+            wait = backoff_s * 2 ** (attempt - 1)
+            if deadline is not None and time.monotonic() + wait >= deadline:
+                raise deadline_passed()
+            sleep(wait)
     unknown = "unknown (no complete download)"
     expected = []
     if md5:
