@@ -15,6 +15,7 @@ import yaml
 
 from conftest import REPO, copy_workflow, plan, run_snakemake, shared_dataset
 from voc_archives import EXPECTED_TRAIN_AUG, FaultyServer, build_archives
+from wsss_core.data.fingerprint import PARTS
 from wsss_core.workflow import module_sources
 
 TINY = ["--configfile", str(REPO / "config" / "tiny.yaml")]
@@ -54,7 +55,7 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     addons = "cam+puzzle+binomial+erasing"  # all three add-ons; erasing in 2 rounds, the first cam+puzzle+binomial
     first, second = "cam+puzzle+binomial", f"{addons}_round2"
     recipes = ("confident", "saliency", "random_walk", "random_walk_saliency")  # main recipe first
-    rules = {"data": ["demo_dataset", "validate_dataset"],
+    rules = {"data": ["demo_dataset", "summarize_dataset", *(f"validate_{part}" for part in PARTS)],
              "classifier": ["train_cam", "train_coattention", f"train_{first}", f"train_{second}"],
              "cams": ["infer_cam", "infer_coattention", "evaluate_cam", "evaluate_coattention", f"evaluate_{main}",
                       f"infer_{first}", f"infer_{second}", f"merge_{addons}", f"evaluate_{addons}"],
