@@ -34,7 +34,7 @@ PARTS = ("train_labels", "train_images", "train_masks", "eval_labels", "eval_ima
 CACHE = "stat_cache.json"
 
 
-def _file_digest(path: Path) -> str:
+def _file_digest(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha1").hexdigest()
 
@@ -69,20 +69,19 @@ class _Digests:
             self.old = {}
         self.new: dict[str, list] = {}
 
-    def of(self, paths: list[Path]) -> dict[Path, str]:
+    def of(self, paths: list[str]) -> dict[str, str]:
         """The digest of each path ("absent" for a missing file, "unreadable" for one that cannot be read)."""
         out, todo = {}, []
         for path in dict.fromkeys(paths):
-            key = str(path)
             try:
-                st = path.stat()
+                st = os.stat(path)
             except OSError:
                 out[path] = "absent"
                 continue
-            cached = self.old.get(key) or self.new.get(key)
-            if cached and cached[:2] == [st.st_size, st.st_mtime_ns]:
+            cached = self.old.get(path) or self.new.get(path)
+            if cached and cached[0] == st.st_size and cached[1] == st.st_mtime_ns:
                 out[path] = cached[2]
-                self.new[key] = cached
+                self.new[path] = cached
             else:
                 todo.append((path, [st.st_size, st.st_mtime_ns]))
 
@@ -96,17 +95,20 @@ class _Digests:
             for (path, stat), value in zip(todo, pool.map(digest, todo)):
                 out[path] = value or "unreadable"
                 if value:
-                    self.new[str(path)] = [*stat, value]
+                    self.new[path] = [*stat, value]
         return out
 
     def save(self) -> None:
+        if self.new == self.old:
+            return
         _write_if_changed(self.path, json.dumps(self.new, sort_keys=True, separators=(",", ":")))
 
 
-def _split_ids(path: Path) -> list[str]:
+def _split_ids(path: str) -> list[str]:
     """The ids a split file lists, as wsss_core.data.voc_layout reads them (BOM stripped, first word per line)."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
     except (OSError, UnicodeDecodeError):
         return []
     return [line.split()[0] for line in text.splitlines() if line.strip()]
@@ -117,37 +119,37 @@ def _safe(image_id: str) -> bool:
     return bool(image_id) and not ({"/", "\\", "\0"} & set(image_id)) and not image_id.startswith(".")
 
 
-def _label_entries(root: Path, ids: list[str], digests: _Digests) -> list:
+def _label_entries(root: str, ids: list[str], digests: _Digests) -> list:
     """What decides each id's image-level labels, by the dataset's label source."""
-    labels_json = root / "cls_labels.json"
-    if labels_json.is_file():
+    labels_json = os.path.join(root, "cls_labels.json")
+    if os.path.isfile(labels_json):
         try:
-            table = json.loads(labels_json.read_text(encoding="utf-8-sig"))
+            with open(labels_json, encoding="utf-8-sig") as f:
+                table = json.load(f)
         except (OSError, ValueError):
             table = None
         if not isinstance(table, dict):  # unreadable: the whole file stands for every id's labels
             return [["cls_labels.json", digests.of([labels_json])[labels_json]]]
         return [["cls_labels.json", {i: table.get(i) for i in ids}]]
-    if (root / "Annotations").is_dir():
-        paths = [root / "Annotations" / f"{i}.xml" for i in ids]
-        return [["Annotations", [digests.of(paths)[p] for p in paths]]]
-    paths = [root / "SegmentationClass" / f"{i}.png" for i in ids]
-    return [["SegmentationClass", [digests.of(paths)[p] for p in paths]]]
+    folder, ext = ("Annotations", "xml") if os.path.isdir(os.path.join(root, "Annotations")) else ("SegmentationClass", "png")
+    paths = [os.path.join(root, folder, f"{i}.{ext}") for i in ids]
+    found = digests.of(paths)
+    return [[folder, [found[p] for p in paths]]]
 
 
 def dataset_digests(root: str | os.PathLike, train_split: str, eval_split: str, cache_path: Path) -> dict[str, dict]:
     """{part: {"digest", "images"}} for the parts in :data:`PARTS` (see the module docstring)."""
-    root = Path(root)
+    root = str(root)
     digests = _Digests(cache_path)
-    split_dir = root / "ImageSets" / "Segmentation"
-    common = [["classes.txt", digests.of([root / "classes.txt"])[root / "classes.txt"]]]
+    classes = os.path.join(root, "classes.txt")
+    common = [["classes.txt", digests.of([classes])[classes]]]
     parts = {}
     for prefix, split in (("train", train_split), ("eval", eval_split)):
-        split_file = split_dir / f"{split}.txt"
+        split_file = os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt")
         ids = [i for i in _split_ids(split_file) if _safe(i)]
         head = common + [["split", split, digests.of([split_file])[split_file]]]
-        images = [root / "JPEGImages" / f"{i}.jpg" for i in ids]
-        masks = [root / "SegmentationClass" / f"{i}.png" for i in ids]
+        images = [os.path.join(root, "JPEGImages", f"{i}.jpg") for i in ids]
+        masks = [os.path.join(root, "SegmentationClass", f"{i}.png") for i in ids]
         found = digests.of(images + masks)
         contents = {
             "labels": head + _label_entries(root, ids, digests),
