@@ -109,7 +109,12 @@ def relation_problems(cfg: dict) -> list[str]:
         if steps != sorted(set(steps)):
             problems.append(f"config key classifier.lr_decay_epochs: {steps} must be strictly increasing")
 
-    thresholds = cfg.get("cams", {}).get("eval_thresholds")
+    cams = cfg.get("cams", {})
+    coattentive = any(v.split("+")[0] == "coattention" for v in variants) and cams.get("multiround")
+    if coattentive and 1.0 not in cams.get("scales", [1.0]):
+        problems.append(f"config key cams.scales: {cams['scales']} lacks 1.0, the scale multi-round co-attentive "
+                        "CAMs are computed at (cams.multiround with a coattention classifier)")  # fmt: skip
+    thresholds = cams.get("eval_thresholds")
     if thresholds and thresholds["min"] > thresholds["max"]:
         problems.append(f"config key cams.eval_thresholds: min {thresholds['min']} > max {thresholds['max']}")
 
