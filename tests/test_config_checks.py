@@ -13,14 +13,16 @@ from wsss_core.config_checks import is_plain_name, path_problems, relation_probl
 DEFAULTS = yaml.safe_load((REPO / "config.yaml").read_text())
 
 
+def merged(base, override):
+    """``override`` deep-merged over ``base``, as Snakemake merges --configfile files."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def config(**sections):
-    cfg = copy.deepcopy(DEFAULTS)
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key].update(value)
-        else:
-            cfg[key] = value
-    return cfg
+    return merged(DEFAULTS, sections)
 
 
 @pytest.mark.parametrize("name", [".", "..", "a/../..", "/tmp/x", "../x", ".hidden", "a/b", "", "a\\b"])
