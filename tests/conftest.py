@@ -81,3 +81,21 @@ def plan(out):
                 break
             summary[heading.strip()[:-1]] = set(rules.strip().split(", "))
     return jobs, summary
+
+
+def first_id(root: Path, split: str) -> str:
+    """The first image id of a split of a VOC-layout dataset."""
+    return (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()[0]
+
+
+def void_mask_corner(mask: Path, size: int = 8) -> None:
+    """Overwrite a palette mask in place with its top-left corner set to void (255)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(mask) as img:
+        pixels, palette = np.array(img), img.getpalette()
+    pixels[:size, :size] = 255
+    edited = Image.fromarray(pixels, mode="P")
+    edited.putpalette(palette)
+    edited.save(mask)

@@ -4,10 +4,10 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import first_id, void_mask_corner
 from wsss_core.data.fingerprint import PARTS, update_fingerprints
 
 
@@ -31,9 +31,6 @@ def fingerprint(root, out):
     return update_fingerprints(root, "train", "val", out)
 
 
-def first_id(root, split):
-    return (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()[0]
-
 
 def test_every_part_is_written_once_and_kept_while_nothing_changes(dataset, tmp_path):
     out = tmp_path / "fp"
@@ -54,12 +51,7 @@ def test_a_val_mask_edit_changes_only_the_eval_masks(dataset, tmp_path):
     out = tmp_path / "fp"
     before = snapshot(fingerprint(dataset, out))
     mask = dataset / "SegmentationClass" / f"{first_id(dataset, 'val')}.png"
-    with Image.open(mask) as img:
-        pixels, palette = np.array(img), img.getpalette()
-    pixels[:4, :4] = 255
-    edited = Image.fromarray(pixels, mode="P")
-    edited.putpalette(palette)
-    edited.save(mask)  # overwritten in place: the folder's own mtime stays
+    void_mask_corner(mask)  # overwritten in place: the folder's own mtime stays
     assert changed(before, snapshot(fingerprint(dataset, out))) == {"eval_masks"}
 
 

@@ -4,18 +4,13 @@ import json
 import os
 import shutil
 
-import numpy as np
 import yaml
-from PIL import Image
 
-from conftest import REPO, plan, run_snakemake
+from conftest import REPO, first_id, plan, run_snakemake, void_mask_corner
 
 # The chain of one classifier and one pseudo-label recipe: every kind of step, in under a minute.
 LEAN = {"classifier": {"method": "cam", "compare": []}, "pseudo_labels": {"recipe": "confident", "compare": []}}
 
-
-def first_id(root, split):
-    return (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()[0]
 
 
 def planned(tmp_path, args):
@@ -50,12 +45,7 @@ def test_dataset_edits_rerun_what_reads_them(tmp_path, tiny_demo):
 
     # a val mask overwritten in place: the val masks are re-checked and the evaluations rerun, nothing else
     mask = root / "SegmentationClass" / f"{first_id(root, 'val')}.png"
-    with Image.open(mask) as img:
-        pixels, palette = np.array(img), img.getpalette()
-    pixels[:8, :8] = 255
-    edited = Image.fromarray(pixels, mode="P")
-    edited.putpalette(palette)
-    edited.save(mask)
+    void_mask_corner(mask)
     rules, jobs = planned(tmp_path, args)
     assert rules == {"validate_dataset": {"part=eval_masks"}, "evaluate_segmentation": {"labels=cam", "labels=fully_supervised"},
                      "summarize_dataset": {""}, "summary": {""}, "all": {""}}, rules  # fmt: skip
