@@ -15,7 +15,8 @@ from wsss_core.models.deeplab import SEG_ARCH_KEYS, build_segmenter
 from wsss_core.train import segmentation as segmentation_module
 from wsss_core.train import checkpoint as checkpoint_module
 from wsss_core.train.checkpoint import seed_everything
-from wsss_core.train.loop import StateBundle, autocast, grad_scaler, memory_format, poly_lambda, write_history_csv
+from wsss_core.train.loop import (StateBundle, autocast, grad_scaler, make_optimizer, memory_format, poly_lambda,
+                                  schedule_lambda, write_history_csv)  # fmt: skip
 from wsss_core.train.segmentation import load_segmenter, segmentation_loss, train_segmentation
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -24,8 +25,9 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 def seg_cfg(**changes) -> dict:
     """A `segmentation` config section small enough for seconds-long CPU runs on the tiny demo."""
     cfg = dict(model="deeplab_v3plus", backbone="efficientnet_lite0", weights="random", weights_dir=None,
-               output_stride=16, aspp_channels=32, frozen_bn=True, epochs=2, batch_size=8, lr=0.01,
-               new_layer_lr_mult=10, momentum=0.9, weight_decay=1e-4, poly_power=0.9, crop_size=48,
+               output_stride=16, aspp_channels=32, frozen_bn=True, epochs=2, batch_size=8, optimizer="sgd", lr=0.01,
+               new_layer_lr_mult=10, momentum=0.9, weight_decay=1e-4, lr_schedule="poly", poly_power=0.9,
+               warmup_steps=0, crop_size=48,
                scale_range=[0.75, 1.25], flip=True, color_jitter=0.2, num_workers=0, seed=0, amp=False,
                amp_dtype="float16", channels_last=False)  # fmt: skip
     cfg.update(changes)
@@ -124,6 +126,15 @@ def test_loss_drops_below_the_label_prior_on_an_easy_setup(tmp_path):
     # below the prior: the net reads the pixels, it has not merely learnt "mostly background"
     assert loss[-1] < 0.6 * prior_entropy < loss[0] and acc[-1] > share[0] + 0.01, (loss, acc, prior_entropy)
     assert float(rows[-1][3]) < float(rows[0][3])  # poly decay
+
+
+def test_adamw_with_cosine_decay_after_a_warm_up_trains(tmp_path, tiny_demo):
+    cfg = seg_cfg(optimizer="adamw", lr=0.001, lr_schedule="cosine", warmup_steps=2, epochs=2)
+    train_segmentation(tiny_demo, "val", cfg, **outputs(tmp_path, "adamw"))
+    rows = [line.split(",") for line in (tmp_path / "adamw.csv").read_text().splitlines()[1:]]
+    lrs = [float(r[3]) for r in rows]
+    assert len(rows) == 2 and all(np.isfinite(float(r[1])) for r in rows) and 0.0 <= lrs[1] < lrs[0] <= 0.001
+    assert torch.load(tmp_path / "adamw.pt", weights_only=True)["meta"]["config"]["optimizer"] == "adamw"
 
 
 def test_pseudo_label_pngs_and_void_pixels(tmp_path, tiny_demo):
@@ -292,6 +303,28 @@ def test_poly_schedule_and_history_csv(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["h.csv"]  # no temporary left behind
     with pytest.raises(ValueError, match="h2.csv"):
         write_history_csv(tmp_path / "h2.csv", [])
+
+
+def test_warm_up_then_poly_or_cosine_decay():
+    for schedule in ("poly", "cosine"):
+        f = schedule_lambda(schedule, 10, warmup_steps=4, poly_power=1.0)
+        factors = [f(step) for step in range(11)]
+        assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])  # linear warm-up, full rate at its end
+        assert all(a > b for a, b in zip(factors[4:], factors[5:])) and factors[10] == 0.0
+    cosine = schedule_lambda("cosine", 10)
+    assert cosine(0) == 1.0 and cosine(5) == pytest.approx(0.5) and cosine(12) == 0.0
+    assert schedule_lambda("poly", 10, poly_power=0.9)(5) == pytest.approx(poly_lambda(10, 0.9)(5))
+    with pytest.raises(ValueError, match="step"):
+        schedule_lambda("step", 10)
+
+
+def test_optimizers_give_the_new_layers_their_multiple():
+    old, new = [torch.nn.Parameter(torch.zeros(2))], [torch.nn.Parameter(torch.zeros(2))]
+    for name, kind in (("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)):
+        opt = make_optimizer(name, old, new, lr=0.01, new_layer_lr_mult=10, momentum=0.9, weight_decay=1e-4)
+        assert isinstance(opt, kind) and [g["lr"] for g in opt.param_groups] == pytest.approx([0.01, 0.1])
+    with pytest.raises(ValueError, match="rmsprop"):
+        make_optimizer("rmsprop", old, new, lr=0.01, new_layer_lr_mult=10, momentum=0.9, weight_decay=1e-4)
 
 
 def test_state_bundle_round_trips_and_skips_empty_states():

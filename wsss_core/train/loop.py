@@ -1,4 +1,4 @@
-"""Pieces every training stage shares: poly schedule, SGD with a new-layer rate, AMP steps, history CSV.
+"""Pieces every training stage shares: optimizers with a new-layer rate, LR schedules, AMP steps, history CSV.
 
 Each trainer (classifier, segmentation, ...) keeps its own loop, data and loss; what is
 here has no idea what is being trained. Mixed precision is CUDA-only: on the CPU,
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import math
 import os
 
 import torch
@@ -26,6 +27,51 @@ def poly_lambda(total_steps: int, power: float):
 def step_lambda(steps_per_epoch: int, decay_epochs, factor: float):
     """LambdaLR factor ``factor ** (number of decay_epochs reached)``: e.g. x0.1 at epochs 5 and 10."""
     return lambda step: factor ** sum(step >= e * steps_per_epoch for e in decay_epochs)
+
+
+def cosine_lambda(total_steps: int):
+    """LambdaLR factor ``(1 + cos(pi * step / total_steps)) / 2``: from 1 down to 0 at ``total_steps``."""
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+SCHEDULES = ("poly", "cosine")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def schedule_lambda(schedule: str, total_steps: int, *, warmup_steps: int = 0, poly_power: float = 0.9):
+    """LambdaLR factor of ``schedule`` (poly | cosine) over ``total_steps``, after a linear warm-up.
+
+    The warm-up takes the factor from ``1 / (warmup_steps + 1)`` to 1 over its steps; the schedule then decays
+    over the remaining ``total_steps - warmup_steps`` steps, reaching 0 at ``total_steps``.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}, use one of {', '.join(SCHEDULES)}")
+    warmup_steps = max(0, min(int(warmup_steps), total_steps - 1))
+    decay_steps = max(1, total_steps - warmup_steps)
+    decay = poly_lambda(decay_steps, poly_power) if schedule == "poly" else cosine_lambda(decay_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return decay(step - warmup_steps)
+
+    return factor
+
+
+def make_optimizer(name: str, pretrained: list[nn.Parameter], new: list[nn.Parameter], *, lr: float,
+                   new_layer_lr_mult: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:  # fmt: skip
+    """``name`` (sgd | adamw) over two groups: pretrained layers at ``lr``, new ones at ``new_layer_lr_mult`` x.
+
+    sgd: momentum ``momentum`` and L2 ``weight_decay`` (the papers' recipe); adamw: Adam with decoupled
+    ``weight_decay`` (``momentum`` is unused: Adam's betas are torch's defaults).
+    """
+    if name == "sgd":
+        return sgd_two_groups(pretrained, new, lr=lr, new_layer_lr_mult=new_layer_lr_mult, momentum=momentum,
+                              weight_decay=weight_decay)  # fmt: skip
+    if name == "adamw":
+        groups = [{"params": pretrained, "lr": lr}, {"params": new, "lr": lr * new_layer_lr_mult}]
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}, use one of {', '.join(OPTIMIZERS)}")
 
 
 def sgd_two_groups(pretrained: list[nn.Parameter], new: list[nn.Parameter], *, lr: float, new_layer_lr_mult: float,

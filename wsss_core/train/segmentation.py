@@ -1,8 +1,9 @@
 """Final stage: train a DeepLab segmenter on pseudo labels (or on the ground-truth masks, as an upper bound).
 
 Per-pixel cross-entropy over the classes incl. background, with 255 (void: pseudo-label
-"don't know" regions, mask borders, crop padding) excluded; SGD with momentum, poly LR per
-step, heads (and VGG's fc6/fc7) at ``new_layer_lr_mult`` times the backbone's rate;
+"don't know" regions, mask borders, crop padding) excluded; SGD with momentum or AdamW, a poly or
+cosine LR per step after an optional linear warm-up (train/loop.py), heads (and VGG's fc6/fc7) at
+``new_layer_lr_mult`` times the backbone's rate;
 checkpointed every epoch and resumed after a kill to the same weights as an uninterrupted
 run. Every hyper-parameter comes from the ``segmentation`` section of the config.
 
@@ -30,14 +31,15 @@ from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset
 from wsss_core.models.deeplab import SEG_ARCH_KEYS, Segmenter, build_segmenter
 from wsss_core.train.checkpoint import fingerprint, resume, save_epoch, save_final, seed_everything
 from wsss_core.train.distributed import setup
-from wsss_core.train.loop import (StateBundle, autocast, grad_scaler, memory_format, optimizer_step,
-                                  poly_lambda, sgd_two_groups)  # fmt: skip
+from wsss_core.train.loop import (StateBundle, autocast, grad_scaler, make_optimizer, memory_format,
+                                  optimizer_step, schedule_lambda)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 CONFIG_KEYS = (
     "model", "backbone", "weights", "weights_dir", "output_stride", "aspp_channels", "frozen_bn", "epochs",
-    "batch_size", "lr", "new_layer_lr_mult", "momentum", "weight_decay", "poly_power", "crop_size", "scale_range",
+    "batch_size", "optimizer", "lr", "new_layer_lr_mult", "momentum", "weight_decay", "lr_schedule", "poly_power",
+    "warmup_steps", "crop_size", "scale_range",
     "flip", "color_jitter", "num_workers", "seed", "amp", "amp_dtype", "channels_last",
 )  # fmt: skip
 
@@ -169,9 +171,11 @@ def train_segmentation(dataset_root, split: str, cfg: dict, *, label_dir=None, o
     total_steps = steps_per_epoch * cfg["epochs"]
 
     pretrained, new = model.param_groups()
-    optimizer = sgd_two_groups(pretrained, new, lr=cfg["lr"], new_layer_lr_mult=cfg["new_layer_lr_mult"],
+    optimizer = make_optimizer(cfg["optimizer"], pretrained, new, lr=cfg["lr"], new_layer_lr_mult=cfg["new_layer_lr_mult"],
                                momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])  # fmt: skip
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total_steps, cfg["poly_power"]))
+    factor = schedule_lambda(cfg["lr_schedule"], total_steps, warmup_steps=cfg["warmup_steps"],
+                             poly_power=cfg["poly_power"])  # fmt: skip
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scaler = grad_scaler(device, cfg["amp"], cfg["amp_dtype"])
     schedule = StateBundle(scheduler=scheduler, scaler=scaler)
 
