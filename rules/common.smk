@@ -239,8 +239,22 @@ if any(r.startswith("random_walk") for r in RECIPES):
 
 
 def recipe_cams(recipe):
-    """The CAM store a saliency recipe takes its classes from."""
-    return RW_CAMS if recipe == "random_walk_saliency" else MAIN_CAMS
+    """The CAM store a saliency recipe takes its classes from, as an input (none for saliency_only)."""
+    if recipe == "saliency_only":
+        return []
+    return (
+        CAM_DIR
+        / (RW_CAMS if recipe == "random_walk_saliency" else MAIN_CAMS)
+        / f"{CAM_SPLIT}.h5"
+    )
+
+
+def saliency_recipe_settings(recipe):
+    """The keys of pseudo_labels.saliency_recipe a saliency recipe uses (saliency_only: the saliency cut only)."""
+    settings = PSEUDO["saliency_recipe"]
+    if recipe == "saliency_only":
+        return {"sal_threshold": settings["sal_threshold"]}
+    return {k: v for k, v in settings.items() if k != "crf"}
 
 
 # Saliency maps: the bundled model or the user's folder (config saliency).

@@ -39,9 +39,11 @@ rule make_pseudo_labels:
 
 
 rule make_saliency_pseudo_labels:
-    """The MCIS recipe: classes from the (random-walk-refined) CAMs, background from the saliency maps."""
+    """The MCIS recipe: classes from the (random-walk-refined) CAMs, background from the saliency maps; or
+    saliency_only, the yardstick without CAMs: salient pixels take the image's label if it has one.
+    """
     input:
-        cams=lambda w: CAM_DIR / recipe_cams(w.recipe) / f"{CAM_SPLIT}.h5",
+        cams=lambda w: recipe_cams(w.recipe),
         saliency=SALIENCY_H5,
         root=dataset_root(),
         dataset=dataset_parts("train_labels", "train_images"),
@@ -53,7 +55,7 @@ rule make_saliency_pseudo_labels:
     benchmark:
         BENCH / "pseudo_labels" / f"make_{MAIN_CAMS}_{{recipe}}.tsv"
     wildcard_constraints:
-        recipe="saliency|random_walk_saliency",
+        recipe="saliency|random_walk_saliency|saliency_only",
     conda:
         "../envs/wsss.yaml"
     threads: 2
@@ -62,8 +64,12 @@ rule make_saliency_pseudo_labels:
         runtime=120,
     params:
         split=CAM_SPLIT,
-        recipe={k: v for k, v in PSEUDO["saliency_recipe"].items() if k != "crf"},
-        crf=config["crf"] if PSEUDO["saliency_recipe"]["crf"] else None,
+        recipe=lambda w: saliency_recipe_settings(w.recipe),
+        crf=lambda w: (
+            config["crf"]
+            if PSEUDO["saliency_recipe"]["crf"] and w.recipe != "saliency_only"
+            else None
+        ),
     script:
         "../workflow_scripts/make_saliency_pseudo_labels.py"
 

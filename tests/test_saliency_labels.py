@@ -8,7 +8,8 @@ from scipy import ndimage
 from test_pseudo_labels import CRF, write_store
 from wsss_core.cams.store import CAMReader
 from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset
-from wsss_core.pseudo.saliency_labels import make_saliency_pseudo_labels, saliency_pseudo_label
+from wsss_core.pseudo.saliency_labels import (make_saliency_only_labels, make_saliency_pseudo_labels,
+                                             saliency_only_label, saliency_pseudo_label)  # fmt: skip
 from wsss_core.pseudo.saliency_store import SaliencyReader, SaliencyWriter
 
 V = IGNORE_INDEX
@@ -151,3 +152,30 @@ def test_dataset_checks_name_the_saliency_file(tiny_demo, tmp_path):
     with pytest.raises(ValueError, match="sal_threshold"):
         make_saliency_pseudo_labels(cams, narrow, dataset.root, "val", out, sal_threshold=-0.1)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cams.h5", "narrow.h5", "partial.h5"]
+
+
+def test_saliency_only_paints_the_one_label_and_voids_several():
+    image, sal = np.zeros((1, 4, 3), np.uint8), np.array([[0.9, 0.6, 0.5, 0.1]])
+    none = np.zeros((0, 1, 4))
+    assert saliency_only_label(image, none, [7], sal).tolist() == [[7, 7, 0, 0]]
+    assert saliency_only_label(image, none, [2, 7], sal).tolist() == [[V, V, 0, 0]]
+    assert saliency_only_label(image, none, [], sal).tolist() == [[0, 0, 0, 0]]
+    assert saliency_only_label(image, none, [7], sal, sal_threshold=0.55).tolist() == [[7, 7, 0, 0]]
+    with pytest.raises(ValueError, match="saliency"):
+        saliency_only_label(np.zeros((2, 4, 3), np.uint8), none, [7], sal)
+
+
+def test_saliency_only_labels_of_a_split_need_no_cams(tiny_demo, tmp_path):
+    dataset = VOCDataset(tiny_demo)
+    ids = dataset.ids("val")
+    sal = saliency_from_masks(tmp_path / "sal.h5", dataset, ids)
+    record = make_saliency_only_labels(sal, dataset.root, "val", tmp_path / "only", workers=2)
+    assert record["images"] == len(ids) and record["sal_threshold"] == 0.5
+    with SaliencyReader(sal) as reader:
+        for image_id in ids:
+            with Image.open(tmp_path / "only" / f"{image_id}.png") as png:
+                got = np.asarray(png)
+            image = dataset.load_image(image_id)
+            expected = saliency_only_label(image, np.zeros((0, *image.shape[:2])), dataset.labels(image_id),
+                                           reader.read(image_id))  # fmt: skip
+            np.testing.assert_array_equal(got, expected)

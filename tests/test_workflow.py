@@ -54,14 +54,14 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     main = "coattention_multiround"  # the CAMs that make the pseudo labels by default
     addons = "cam+puzzle+binomial+erasing"  # all three add-ons; erasing in 2 rounds, the first cam+puzzle+binomial
     first, second = "cam+puzzle+binomial", f"{addons}_round2"
-    recipes = ("confident", "saliency", "random_walk", "random_walk_saliency")  # main recipe first
+    recipes = ("confident", "saliency", "random_walk", "random_walk_saliency", "saliency_only")  # main recipe first
     rules = {"data": ["demo_dataset", "summarize_dataset", *(f"validate_{part}" for part in PARTS)],
              "classifier": ["train_cam", "train_coattention", f"train_{first}", f"train_{second}"],
              "cams": ["infer_cam", "infer_coattention", "evaluate_cam", "evaluate_coattention", f"evaluate_{main}",
                       f"infer_{first}", f"infer_{second}", f"merge_{addons}", f"evaluate_{addons}"],
              "saliency": ["make_saliency"],
              "affinity": [f"labels_{main}", f"train_{main}", f"random_walk_{main}"],
-             "pseudo_labels": [f"make_{main}_{r}" for r in ("confident", "saliency", "random_walk_saliency")]
+             "pseudo_labels": [f"make_{main}_{r}" for r in ("confident", "saliency", "random_walk_saliency", "saliency_only")]
                               + [f"evaluate_{main}_{r}" for r in recipes],
              "segmentation": [f"{step}_{run}" for step in ("train", "predict", "evaluate")
                               for run in (main, "fully_supervised")],
@@ -205,9 +205,13 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     assert {"random_walk", "make_saliency_pseudo_labels", "evaluate_cams", "summary"} <= jobs
     assert not jobs & {"train_affinity", "affinity_labels", "make_saliency", "train_classifier"}
     # The MCIS thresholds: the saliency recipes' labels, not the saliency maps or the random walk.
-    jobs = set(planned(*configs(tmp_path, "tiny.yaml", pseudo_labels={"saliency_recipe": {"cam_threshold": 0.4}})).split())
+    cam_threshold = configs(tmp_path, "tiny.yaml", pseudo_labels={"saliency_recipe": {"cam_threshold": 0.4}})
+    jobs = set(planned(*cam_threshold).split())
     assert {"make_saliency_pseudo_labels", "evaluate_pseudo_labels"} <= jobs
     assert not jobs & {"make_saliency", "random_walk", "train_affinity", "make_pseudo_labels"}
+    made = {w for rule, w in plan(run_snakemake(tmp_path, "-n", *cam_threshold, repo=repo).stdout)[0]
+            if rule == "make_saliency_pseudo_labels"}  # fmt: skip
+    assert made == {"recipe=saliency", "recipe=random_walk_saliency"}  # saliency_only has no CAM threshold
     # Test-time scales: predictions and their evaluation only.
     out = planned(*configs(tmp_path, "tiny.yaml", evaluation={"scales": [1.0, 1.5]}))
     assert "predict_segmentation" in out and "evaluate_segmentation" in out

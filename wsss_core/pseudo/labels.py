@@ -103,20 +103,26 @@ def check_map_size(store: Path, image_id: str, what: str, shape: tuple, dataset:
         )
 
 
-def _label_images(cam_h5: str, root: str, ids: list[str], out_dir: str, *, label_fn, saliency_h5: str | None) -> list:
+def _label_images(cam_h5: str | None, root: str, ids: list[str], out_dir: str, *, label_fn,
+                  saliency_h5: str | None) -> list:  # fmt: skip
     """Write the pseudo labels of ``ids``; returns [images, all-void images].
 
     Opens its own readers (HDF5 handles must not cross forks). ``label_fn(image, cams,
-    class_ids[, saliency=...])`` is the recipe, with its settings bound.
+    class_ids[, saliency=...])`` is the recipe, with its settings bound. Without a CAM store
+    (``cam_h5`` None) the class ids are the image's labels and ``cams`` has no maps: (0, H, W).
     """
     dataset, palette = VOCDataset(root), voc_palette()
-    with CAMReader(cam_h5) as reader, contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
+        reader = stack.enter_context(CAMReader(cam_h5)) if cam_h5 is not None else None
         saliency = stack.enter_context(SaliencyReader(saliency_h5)) if saliency_h5 is not None else None
         void = 0
         for image_id in ids:
-            cams, class_ids = reader.read(image_id)
             image = dataset.load_image(image_id)
-            check_map_size(reader.path, image_id, "CAMs are", cams.shape[1:], dataset, image)
+            if reader is not None:
+                cams, class_ids = reader.read(image_id)
+                check_map_size(reader.path, image_id, "CAMs are", cams.shape[1:], dataset, image)
+            else:
+                cams, class_ids = np.zeros((0, *image.shape[:2]), np.float32), list(dataset.labels(image_id))
             inputs = {}
             if saliency is not None:
                 inputs["saliency"] = saliency.read(image_id)
@@ -128,7 +134,7 @@ def _label_images(cam_h5: str, root: str, ids: list[str], out_dir: str, *, label
 
 
 def write_label_folder(
-    cam_h5: str | os.PathLike,
+    cam_h5: str | os.PathLike | None,
     dataset_root: str | os.PathLike,
     split: str,
     out_dir: str | os.PathLike,
@@ -139,8 +145,8 @@ def write_label_folder(
 ) -> dict:
     """The dataset loop every recipe shares: ``<out_dir>/<id>.png`` (VOC palette) for each image of ``split``.
 
-    Checks first that the CAM store (and the saliency store, if given) covers the split,
-    naming the file. ``label_fn`` must pickle (a module-level function or a partial of one)
+    Checks first that the CAM store (if given: a recipe without CAMs passes None) and the saliency
+    store (if given) cover the split, naming the file. ``label_fn`` must pickle (a module-level function or a partial of one)
     for ``workers > 1``, which spreads the images over forked processes (fork, not spawn:
     Snakemake scripts have no ``__main__`` guard); the output does not depend on ``workers``.
     ``out_dir`` is replaced as a whole, atomically: a crash leaves the old folder or none.
@@ -148,17 +154,19 @@ def write_label_folder(
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    cam_h5, dataset = Path(cam_h5), VOCDataset(dataset_root)
+    dataset = VOCDataset(dataset_root)
     ids = dataset.ids(split)
-    with CAMReader(cam_h5) as reader:  # checked before any work, and closed again before any fork
-        check_store_covers(reader, dataset.classes, ids)
+    if cam_h5 is not None:
+        cam_h5 = Path(cam_h5)
+        with CAMReader(cam_h5) as reader:  # checked before any work, and closed again before any fork
+            check_store_covers(reader, dataset.classes, ids)
     if saliency_h5 is not None:
         saliency_h5 = Path(saliency_h5)
         with SaliencyReader(saliency_h5) as reader:
             reader.check_covers(ids)
     with atomic_dir(out_dir) as tmp:
-        task = partial(_label_images, str(cam_h5), str(dataset.root), out_dir=str(tmp), label_fn=label_fn,
-                       saliency_h5=None if saliency_h5 is None else str(saliency_h5))  # fmt: skip
+        task = partial(_label_images, None if cam_h5 is None else str(cam_h5), str(dataset.root), out_dir=str(tmp),
+                       label_fn=label_fn, saliency_h5=None if saliency_h5 is None else str(saliency_h5))  # fmt: skip
         if workers > 1 and len(ids) > 1:
             counts = np.sum(fork_map_chunks(task, ids, workers), axis=0)
         else:

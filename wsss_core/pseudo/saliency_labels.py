@@ -23,6 +23,10 @@ Per image, with the image's K classes:
 
 An image without labels is all background (0), as in the CAM-only recipe: it contains no
 object of any class, so salient regions there are background by definition.
+
+:func:`saliency_only_label` is the yardstick without any CAM: the salient pixels of an image with one
+label take that label, those of an image with several labels are void (which object is which is
+unknown), and the rest is background.
 """
 
 from __future__ import annotations
@@ -92,6 +96,33 @@ def saliency_pseudo_label(
     if np.isin(labels, class_ids).mean() < min_fg_share:
         labels[:] = IGNORE_INDEX
     return labels
+
+
+def saliency_only_label(image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int], saliency: np.ndarray, *,
+                        sal_threshold: float = DEFAULTS["sal_threshold"]) -> np.ndarray:  # fmt: skip
+    """(H, W) uint8: saliency above ``sal_threshold`` -> the image's one class (255 with several), else 0.
+
+    ``cams`` is not read (the recipe's signature is every recipe's); ``image`` gives the size only.
+    """
+    _check_settings(0.0, sal_threshold, 0.0)
+    saliency = np.asarray(saliency, np.float64)
+    if saliency.shape != np.shape(image)[:2]:
+        raise ValueError(f"saliency-only labels: saliency {saliency.shape} but image {np.shape(image)}")
+    class_ids = [int(c) for c in class_ids]
+    labels = np.zeros(saliency.shape, np.uint8)
+    if class_ids:
+        labels[saliency > sal_threshold] = class_ids[0] if len(class_ids) == 1 else IGNORE_INDEX
+    return labels
+
+
+def make_saliency_only_labels(saliency_h5: str | os.PathLike, dataset_root: str | os.PathLike, split: str,
+                              out_dir: str | os.PathLike, *, sal_threshold: float = DEFAULTS["sal_threshold"],
+                              workers: int = 1) -> dict:  # fmt: skip
+    """Write ``<out_dir>/<id>.png`` by :func:`saliency_only_label` for every image of ``split`` (no CAMs)."""
+    start = time.perf_counter()
+    done = write_label_folder(None, dataset_root, split, out_dir, workers=workers, saliency_h5=saliency_h5,
+                              label_fn=partial(saliency_only_label, sal_threshold=sal_threshold))  # fmt: skip
+    return {**done, "sal_threshold": float(sal_threshold), "seconds": round(time.perf_counter() - start, 3)}
 
 
 def make_saliency_pseudo_labels(
