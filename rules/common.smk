@@ -229,10 +229,12 @@ def classifier_config(name):
 # Pseudo-label recipes (config pseudo_labels): the one that feeds segmentation first, then those compared.
 # The random-walk recipes refine MAIN_CAMS with AffinityNet (affinity.smk) into a CAM store of its own.
 PSEUDO = config["pseudo_labels"]
-RECIPES = [
-    PSEUDO["recipe"],
-    *[r for r in PSEUDO["compare"] if r != PSEUDO["recipe"]],
-]
+# Segmentation networks (config segmentation): one on the main recipe's pseudo labels and one per recipe of
+# segmentation.compare, each named <cams>+<recipe> like its pseudo-label row; the reference learns the GT masks.
+SEG_RECIPES = list(
+    dict.fromkeys([PSEUDO["recipe"], *config["segmentation"]["compare"]])
+)
+RECIPES = list(dict.fromkeys([PSEUDO["recipe"], *PSEUDO["compare"], *SEG_RECIPES]))
 RW_CAMS = f"{MAIN_CAMS}_random_walk"
 if any(r.startswith("random_walk") for r in RECIPES):
     CAM_STORES.append(RW_CAMS)
@@ -275,18 +277,19 @@ def saliency_folder():
 
 # The segmentation network trained on the GT masks (the upper bound) runs under this name.
 REFERENCE = "fully_supervised"
+MAIN_RUN = f"{MAIN_CAMS}+{PSEUDO['recipe']}"
+SEG_RUNS = [f"{MAIN_CAMS}+{r}" for r in SEG_RECIPES] + (
+    [REFERENCE] if config["evaluation"]["fully_supervised"] else []
+)
 
 
 def segmentation_labels(wildcards):
-    """What a segmentation network learns from: the pseudo labels of the main recipe (the wildcard names
-    the CAMs they come from), or nothing for the reference, whose GT masks are part of the dataset.
+    """What a segmentation network learns from: the pseudo labels of the recipe its name ends with
+    (<cams>+<recipe>), or nothing for the reference, whose GT masks are part of the dataset.
     """
     if wildcards.labels == REFERENCE:
         return []
-    return (
-        RESULTS
-        / "pseudo_labels"
-        / MAIN_CAMS
-        / PSEUDO["recipe"]
-        / DATASET["train_split"]
-    )
+    recipe = wildcards.labels.rpartition("+")[
+        2
+    ]  # CAM-store names may hold "+" too (cam+puzzle)
+    return RESULTS / "pseudo_labels" / MAIN_CAMS / recipe / DATASET["train_split"]

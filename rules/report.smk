@@ -6,7 +6,7 @@ rule overlays:
     input:
         cams=CAM_DIR / MAIN_CAMS / f"{CAM_SPLIT}.h5",
         pseudo_labels=PSEUDO_DIR / PSEUDO["recipe"] / CAM_SPLIT,
-        model=expand(rules.train_segmentation.output.model, labels=MAIN_CAMS),
+        model=expand(rules.train_segmentation.output.model, labels=MAIN_RUN),
         root=dataset_root(),
         dataset=dataset_parts("train_labels", "train_images", "train_masks"),
         code=code("report/overlays.py"),

@@ -1,16 +1,16 @@
 # Segmentation stage: DeepLab trained on the pseudo labels (and on the GT masks: the fully-supervised
 # reference), its predictions on the evaluation split, and their mIoU.
-# The {labels} wildcard names the CAMs whose pseudo labels were used (MAIN_CAMS), or "fully_supervised".
+# The {labels} wildcard names the pseudo labels learnt from, <cams>+<recipe> (SEG_RUNS, common.smk), or
+# "fully_supervised" for the reference trained on the GT masks.
 
 SEG = config["segmentation"]
 EVAL = config["evaluation"]
 SEG_DIR = RESULTS / "segmentation"
 EVAL_SPLIT = DATASET["eval_split"]
-SEG_RUNS = [MAIN_CAMS] + ([REFERENCE] if EVAL["fully_supervised"] else [])
 
 
 wildcard_constraints:
-    labels="|".join(re.escape(run) for run in SEG_RUNS),
+    labels=one_of(SEG_RUNS),
 
 
 rule train_segmentation:
@@ -45,7 +45,8 @@ rule train_segmentation:
         mem_mb=8000,
         runtime=720,
     params:
-        cfg=SEG,
+        # segmentation.compare says which networks exist, not how one trains
+        cfg={k: v for k, v in SEG.items() if k != "compare"},
         split=DATASET["train_split"],
         # not an output: survives a kill so that --rerun-incomplete resumes training
         checkpoint_dir=lambda wildcards: SEG_DIR / wildcards.labels / "checkpoints",

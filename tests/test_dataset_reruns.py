@@ -9,7 +9,8 @@ import yaml
 from conftest import REPO, first_id, plan, run_snakemake, void_mask_corner
 
 # The chain of one classifier and one pseudo-label recipe: every kind of step, in under a minute.
-LEAN = {"classifier": {"method": "cam", "compare": []}, "pseudo_labels": {"recipe": "confident", "compare": []}}
+LEAN = {"classifier": {"method": "cam", "compare": []}, "pseudo_labels": {"recipe": "confident", "compare": []},
+        "segmentation": {"compare": []}}
 
 
 
@@ -47,7 +48,7 @@ def test_dataset_edits_rerun_what_reads_them(tmp_path, tiny_demo):
     mask = root / "SegmentationClass" / f"{first_id(root, 'val')}.png"
     void_mask_corner(mask)
     rules, jobs = planned(tmp_path, args)
-    assert rules == {"validate_dataset": {"part=eval_masks"}, "evaluate_segmentation": {"labels=cam", "labels=fully_supervised"},
+    assert rules == {"validate_dataset": {"part=eval_masks"}, "evaluate_segmentation": {"labels=cam+confident", "labels=fully_supervised"},
                      "summarize_dataset": {""}, "summary": {""}, "all": {""}}, rules  # fmt: skip
     assert jobs["validate_dataset", "part=eval_masks"] == {
         "Updated input files": "results/mine/data/fingerprint/eval_masks.json"}  # fmt: skip
@@ -67,7 +68,7 @@ def test_dataset_edits_rerun_what_reads_them(tmp_path, tiny_demo):
     rules, jobs = planned(tmp_path, args)
     assert rules["validate_dataset"] == {"part=train_labels"}
     assert {"train_classifier", "infer_cams", "train_segmentation", "predict_segmentation"} <= set(rules)
-    assert rules["train_segmentation"] == {"labels=cam", "labels=fully_supervised"}
+    assert rules["train_segmentation"] == {"labels=cam+confident", "labels=fully_supervised"}
     assert jobs["train_classifier", "method=cam"] == {
         "Input files updated by another job": "results/mine/data/validated/train_labels.json"}  # fmt: skip
 

@@ -147,11 +147,12 @@ def test_tiny_demo_runs_through_the_slurm_profile_on_a_fake_cluster(tmp_path, mo
     main = "coattention_multiround"
     addons = "cam+puzzle+binomial+erasing"  # config/tiny.yaml: erasing in 2 rounds
     stores = ("cam", "coattention", main, "cam+puzzle+binomial", f"{addons}_round2", addons, f"{main}_random_walk")
-    recipes = ("confident", "saliency", "random_walk", "random_walk_saliency")
+    recipes = ("confident", "saliency", "random_walk", "random_walk_saliency", "saliency_only")
+    runs = (f"{main}+confident", f"{main}+saliency_only", "fully_supervised")
     assert table[["stage", "method", "split"]].values.tolist() == [
         *[["cams", store, "train_aug"] for store in stores],
         *[["pseudo_labels", f"{main}+{recipe}", "train_aug"] for recipe in recipes],
-        ["segmentation", main, "val"], ["segmentation", "fully_supervised", "val"]]  # fmt: skip
+        *[["segmentation", run, "val"] for run in runs]]  # fmt: skip
     assert table["mIoU"].between(0, 100).all()
 
     calls = [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()]

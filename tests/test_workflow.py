@@ -55,6 +55,8 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     addons = "cam+puzzle+binomial+erasing"  # all three add-ons; erasing in 2 rounds, the first cam+puzzle+binomial
     first, second = "cam+puzzle+binomial", f"{addons}_round2"
     recipes = ("confident", "saliency", "random_walk", "random_walk_saliency", "saliency_only")  # main recipe first
+    # networks on the main recipe's labels and on segmentation.compare's, then the reference
+    runs = (f"{main}+confident", f"{main}+saliency_only", "fully_supervised")
     rules = {"data": ["demo_dataset", "summarize_dataset", *(f"validate_{part}" for part in PARTS)],
              "classifier": ["train_cam", "train_coattention", f"train_{first}", f"train_{second}"],
              "cams": ["infer_cam", "infer_coattention", "evaluate_cam", "evaluate_coattention", f"evaluate_{main}",
@@ -64,7 +66,7 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
              "pseudo_labels": [f"make_{main}_{r}" for r in ("confident", "saliency", "random_walk_saliency", "saliency_only")]
                               + [f"evaluate_{main}_{r}" for r in recipes],
              "segmentation": [f"{step}_{run}" for step in ("train", "predict", "evaluate")
-                              for run in (main, "fully_supervised")],
+                              for run in runs],
              "report": [f"overlays_{main}"]}  # fmt: skip
     for topic, names in rules.items():
         for name in names:
@@ -99,7 +101,7 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
         assert sorted(p.stem for p in labels.glob("*.png")) == sorted(train_ids), recipe
     assert (results / "affinity" / main / "model.pt").is_file()
     assert pd.read_csv(results / "affinity" / main / "train_history.csv")["epoch"].tolist() == [1]
-    for run in (main, "fully_supervised"):
+    for run in runs:
         assert (results / "segmentation" / run / "model.pt").is_file()
         predictions = results / "segmentation" / run / "predictions" / "val"
         assert sorted(p.stem for p in predictions.glob("*.png")) == sorted(val_ids)
@@ -108,7 +110,7 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     assert table[["stage", "method", "split"]].values.tolist() == [
         *[["cams", store, "train_aug"] for store in stores],
         *[["pseudo_labels", f"{main}+{recipe}", "train_aug"] for recipe in recipes],
-        ["segmentation", main, "val"], ["segmentation", "fully_supervised", "val"]]  # fmt: skip
+        *[["segmentation", run, "val"] for run in runs]]  # fmt: skip
     for row, store in enumerate(stores):
         best = json.loads((results / "cams" / store / "eval" / "best_threshold.json").read_text())
         assert table["mIoU"][row] == pytest.approx(best["mIoU"], abs=0.01) and 0 < best["mIoU"] <= 100
@@ -116,8 +118,8 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     pseudo, seg = table[table["stage"] == "pseudo_labels"], table[table["stage"] == "segmentation"]
     assert ((0 <= pseudo["coverage"]) & (pseudo["coverage"] <= 100)).all() and (seg["coverage"] == 100).all()
     assert pseudo["coverage"].iloc[2] == 100  # the random walk labels every pixel
-    assert seg["pct_of_fully_supervised"].iloc[1] == 100
-    assert seg["pct_of_fully_supervised"].iloc[0] == pytest.approx(100 * seg["mIoU"].iloc[0] / seg["mIoU"].iloc[1],
+    assert seg["pct_of_fully_supervised"].iloc[-1] == 100
+    assert seg["pct_of_fully_supervised"].iloc[0] == pytest.approx(100 * seg["mIoU"].iloc[0] / seg["mIoU"].iloc[-1],
                                                                    abs=0.1)  # fmt: skip
     # Snakemake's own report: the summary, sweep, per-class tables and the overlay figure in one HTML file.
     run_snakemake(tmp_path, "--report", str(tmp_path / "report.html"), *TINY, repo=repo)
@@ -146,7 +148,7 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
         f.write("# edited\n")
     out = run_snakemake(tmp_path, "-n", *TINY, repo=repo).stdout
     assert "make_pseudo_labels" not in out and "infer_" not in out
-    assert "train_segmentation" in out and "labels=fully_supervised" in out and f"labels={main}" in out
+    assert "train_segmentation" in out and all(f"labels={run}" in out for run in runs)
     assert "predict_segmentation" in out and "overlays" in out and "summary" in out
     run_snakemake(tmp_path, "--cores", "2", "--touch", *TINY, repo=repo)  # accept the edits without rerunning
     # An add-on's module: the variants that use it, not the baseline or co-attention classifiers.
@@ -198,7 +200,8 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     # Pseudo-label margins: the pseudo labels and the network trained on them, not the reference.
     out = run_snakemake(tmp_path, "-n", *configs(tmp_path, "tiny.yaml", pseudo_labels={"fg_margin": 0.1}),
                         repo=repo).stdout  # fmt: skip
-    assert "make_pseudo_labels" in out and f"labels={main}" in out and "labels=fully_supervised" not in out
+    assert "make_pseudo_labels" in out and f"labels={main}+confident" in out
+    assert "labels=fully_supervised" not in out and f"labels={main}+saliency_only" not in out
     assert "train_classifier" not in out and "infer_" not in out
     # Random-walk settings: the walk and what reads its outputs, not AffinityNet's labels or training.
     jobs = set(planned(*configs(tmp_path, "tiny.yaml", affinity={"beta": 4})).split())
@@ -243,7 +246,7 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     for store in ("coattention", main):
         assert jobs["evaluate_cams", f"cams={store}"] == {
             "Input files updated by another job": f"results/demo_tiny/cams/{store}/train_aug.h5"}  # fmt: skip
-    assert ("train_affinity", "") in jobs and ("train_segmentation", f"labels={main}") in jobs
+    assert ("train_affinity", "") in jobs and ("train_segmentation", f"labels={main}+confident") in jobs
     assert ("train_segmentation", "labels=fully_supervised") not in jobs
     assert not {rule for rule, _ in jobs} & {"demo_dataset", "validate_dataset", "train_classifier", "infer_cams",
                                             "make_saliency"}  # fmt: skip
@@ -260,7 +263,7 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     assert jobs["infer_coattentive_cams", "method=coattention"] == {
         "Input files updated by another job": "results/demo_tiny/classifier/coattention/model.pt"}  # fmt: skip
     assert summary["updated input files"] == {"train_classifier"}, summary
-    assert ("evaluate_cams", f"cams={main}") in jobs and ("train_segmentation", f"labels={main}") in jobs
+    assert ("evaluate_cams", f"cams={main}") in jobs and ("train_segmentation", f"labels={main}+confident") in jobs
     assert not {rule for rule, _ in jobs} & {"demo_dataset", "validate_dataset"}
 
 
