@@ -33,6 +33,9 @@ CANDIDATES = {
     "adamw_cosine_warmup": {**ADAMW, "warmup_steps": "10%"},
     "adamw_lr3e-4_cosine": {**ADAMW, "lr": 0.0003},
     "adamw_cosine_bn_trained": {**ADAMW, "frozen_bn": False},
+    "adamw_cosine_head_x100": {**ADAMW, "new_layer_lr_mult": 100},
+    "v2_adamw_cosine": {**ADAMW, "model": "deeplab_v2"},
+    "largefov_adamw_cosine": {**ADAMW, "model": "deeplab_largefov"},
 }
 
 
