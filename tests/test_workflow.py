@@ -73,7 +73,7 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
             assert (results / "logs" / topic / f"{name}.log").is_file(), name
             assert (results / "benchmarks" / topic / f"{name}.tsv").is_file(), name
     assert "images" in (results / "data" / "class_counts.csv").read_text().splitlines()[0]
-    for log in ("classifier/train_cam", "cams/infer_cam", f"affinity/random_walk_{main}", f"segmentation/predict_{main}"):
+    for log in ("classifier/train_cam", "cams/infer_cam", f"affinity/random_walk_{main}", f"segmentation/predict_{main}+confident"):
         text = (results / "logs" / f"{log}.log").read_text()
         assert re.search(r"GPU slot\(s\) \['[01]'\] held \(CUDA_VISIBLE_DEVICES=[01],", text), log
     for log in ("cams/evaluate_cam", "saliency/make_saliency"):  # CPU rules
