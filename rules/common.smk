@@ -289,7 +289,6 @@ def segmentation_labels(wildcards):
     """
     if wildcards.labels == REFERENCE:
         return []
-    recipe = wildcards.labels.rpartition("+")[
-        2
-    ]  # CAM-store names may hold "+" too (cam+puzzle)
+    # the recipe follows the last "+": CAM-store names may hold "+" too (cam+puzzle)
+    recipe = wildcards.labels.rpartition("+")[2]
     return RESULTS / "pseudo_labels" / MAIN_CAMS / recipe / DATASET["train_split"]

@@ -14,7 +14,7 @@ wildcard_constraints:
 
 
 rule train_segmentation:
-    """Cross-entropy (255 ignored), SGD with poly decay, checkpointed every epoch."""
+    """Cross-entropy (255 ignored), the optimizer and schedule of config segmentation, checkpointed every epoch."""
     input:
         root=dataset_root(),
         # the reference learns from the GT masks of the training split

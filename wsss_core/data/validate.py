@@ -2,7 +2,7 @@
 
 The workflow checks a dataset in six parts (:data:`wsss_core.data.fingerprint.PARTS`): the image-level labels,
 the images and the masks of the train split and of the eval split. Each part is a job of its own (rule
-validate_part) whose small JSON output is the input of every step that reads that part, so no step starts on
+validate_dataset) whose small JSON output is the input of every step that reads that part, so no step starts on
 a broken dataset, and a changed val mask re-checks the val masks and reruns the evaluations, nothing else.
 :func:`summarize_dataset` then describes the checked dataset for people (dataset_summary.json,
 class_counts.csv); no step reads it.
@@ -18,7 +18,6 @@ import pandas as pd
 
 from wsss_core.data.voc_layout import KINDS, DatasetError, VOCDataset
 from wsss_core.fileio import atomic_file, write_text
-
 
 
 def validate_part(root: str | Path, split: str, kind: str, *, require_masks: bool, out_json: str | Path,

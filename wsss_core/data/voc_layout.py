@@ -299,9 +299,10 @@ class VOCDataset:
         except Exception as err:  # PIL raises many types for broken files
             return None, [DatasetProblem(str(img_path), f"unreadable image ({err})")]
 
-    def _check_mask(self, image_id: str, require_mask: bool) -> tuple[np.ndarray | None, list[DatasetProblem]]:
+    def _check_mask(self, image_id: str, require_mask: bool, size: tuple[int, int] | None = None
+                    ) -> tuple[np.ndarray | None, list[DatasetProblem]]:  # fmt: skip
         """The mask (None when absent or unreadable) and its problems: missing when required, unreadable,
-        another size than its image, class ids out of range."""
+        another size than its image (``size``, else read from the image's header), class ids out of range."""
         mask_path = self.mask_path(image_id)
         if not mask_path.is_file():
             return None, [DatasetProblem(str(mask_path), "mask file missing")] if require_mask else []
@@ -310,7 +311,8 @@ class VOCDataset:
         except Exception as err:
             return None, [DatasetProblem(str(mask_path), f"unreadable mask ({err})")]
         problems = []
-        size, _ = self._image_size(image_id, decode=False)  # a missing or broken image is the images' problem
+        if size is None:  # a missing or broken image is the images' problem
+            size, _ = self._image_size(image_id, decode=False)
         if size is not None and (mask.shape[1], mask.shape[0]) != size:
             problems.append(DatasetProblem(
                 str(mask_path), f"mask size {mask.shape[1]}x{mask.shape[0]} != image size {size[0]}x{size[1]}"))
@@ -322,12 +324,13 @@ class VOCDataset:
         return mask, problems
 
     def _check_image(self, image_id: str, require_mask: bool, kinds=KINDS) -> list[DatasetProblem]:
-        problems = []
+        problems, size = [], None
         if "images" in kinds:
-            problems += self._image_size(image_id, decode=True)[1]
+            size, image_problems = self._image_size(image_id, decode=True)
+            problems += image_problems
         mask = None
         if "masks" in kinds or ("labels" in kinds and self.label_source == "SegmentationClass"):
-            mask, mask_problems = self._check_mask(image_id, require_mask and "masks" in kinds)
+            mask, mask_problems = self._check_mask(image_id, require_mask and "masks" in kinds, size)
             if "masks" in kinds:
                 problems += mask_problems
         if "labels" in kinds:

@@ -146,8 +146,8 @@ def write_label_folder(
     """The dataset loop every recipe shares: ``<out_dir>/<id>.png`` (VOC palette) for each image of ``split``.
 
     Checks first that the CAM store (if given: a recipe without CAMs passes None) and the saliency
-    store (if given) cover the split, naming the file. ``label_fn`` must pickle (a module-level function or a partial of one)
-    for ``workers > 1``, which spreads the images over forked processes (fork, not spawn:
+    store (if given) cover the split, naming the file. ``label_fn`` must pickle (a module-level function or a
+    partial of one) for ``workers > 1``, which spreads the images over forked processes (fork, not spawn:
     Snakemake scripts have no ``__main__`` guard); the output does not depend on ``workers``.
     ``out_dir`` is replaced as a whole, atomically: a crash leaves the old folder or none.
     Returns ``{"images", "all_void_images"}``.

@@ -65,11 +65,10 @@ def make_optimizer(name: str, pretrained: list[nn.Parameter], new: list[nn.Param
     sgd: momentum ``momentum`` and L2 ``weight_decay`` (the papers' recipe); adamw: Adam with decoupled
     ``weight_decay`` (``momentum`` is unused: Adam's betas are torch's defaults).
     """
+    groups = [{"params": pretrained, "lr": lr}, {"params": new, "lr": lr * new_layer_lr_mult}]
     if name == "sgd":
-        return sgd_two_groups(pretrained, new, lr=lr, new_layer_lr_mult=new_layer_lr_mult, momentum=momentum,
-                              weight_decay=weight_decay)  # fmt: skip
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adamw":
-        groups = [{"params": pretrained, "lr": lr}, {"params": new, "lr": lr * new_layer_lr_mult}]
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}, use one of {', '.join(OPTIMIZERS)}")
 
@@ -77,8 +76,8 @@ def make_optimizer(name: str, pretrained: list[nn.Parameter], new: list[nn.Param
 def sgd_two_groups(pretrained: list[nn.Parameter], new: list[nn.Parameter], *, lr: float, new_layer_lr_mult: float,
                    momentum: float, weight_decay: float) -> torch.optim.SGD:  # fmt: skip
     """SGD with momentum; layers trained from scratch (``new``) at ``new_layer_lr_mult`` times ``lr``."""
-    groups = [{"params": pretrained, "lr": lr}, {"params": new, "lr": lr * new_layer_lr_mult}]
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return make_optimizer("sgd", pretrained, new, lr=lr, new_layer_lr_mult=new_layer_lr_mult, momentum=momentum,
+                          weight_decay=weight_decay)  # fmt: skip
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
