@@ -12,7 +12,7 @@ from torch import nn
 
 from wsss_core.data.transforms import normalize
 from wsss_core.data.voc_layout import VOCDataset, voc_palette
-from wsss_core.segmentation.predict import _predict_with_model, predict_probs, predict_split
+from wsss_core.segmentation.predict import _predict_with_model, network_scales, predict_probs, predict_split
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CRF = dict(iterations=5, gt_prob=0.7, pos_xy_std=3, pos_w=3, bi_xy_std=50, bi_rgb_std=5, bi_w=10)
@@ -161,6 +161,21 @@ def test_label_pngs_for_every_image_of_the_split(tiny_demo, tmp_path):
         np.testing.assert_array_equal(labels, expected)
         seen |= set(np.unique(labels).tolist())
     assert len(seen) > 1  # the stand-in really separates colours, so the comparison above means something
+
+
+def test_input_scale_of_training_multiplies_the_evaluation_scales(tiny_demo, tmp_path):
+    meta = meta_for(tiny_demo)
+    assert network_scales(meta, [1.0, 0.5]) == [1.0, 0.5]  # models saved without the key
+    meta["config"] = {"input_scale": 2.0}
+    assert network_scales(meta, [1.0, 0.5]) == [2.0, 1.0]
+    model = PixelModel(VOCDataset(tiny_demo).num_classes, seed=2)
+    summary = _predict_with_model(model, meta, tiny_demo, "val", tmp_path / "p", scales=(1.0, 0.5), flip=False,
+                                  crf=None)  # fmt: skip
+    assert summary["scales"] == [2.0, 1.0]
+    image_id = VOCDataset(tiny_demo).ids("val")[0]
+    expected = predict_probs(model, VOCDataset(tiny_demo).load_image(image_id), MEAN, STD, scales=(2.0, 1.0),
+                             flip=False).argmax(0).numpy()  # fmt: skip
+    np.testing.assert_array_equal(read_png(tmp_path / "p" / f"{image_id}.png")[2], expected)
 
 
 def test_failure_midway_keeps_the_old_output(tiny_demo, tmp_path):

@@ -27,7 +27,7 @@ def seg_cfg(**changes) -> dict:
     cfg = dict(model="deeplab_v3plus", backbone="efficientnet_lite0", weights="random", weights_dir=None,
                output_stride=16, aspp_channels=32, frozen_bn=True, epochs=2, batch_size=8, optimizer="sgd", lr=0.01,
                new_layer_lr_mult=10, momentum=0.9, weight_decay=1e-4, lr_schedule="poly", poly_power=0.9,
-               warmup_steps=0, crop_size=48,
+               warmup_steps=0, input_scale=1.0, crop_size=48,
                scale_range=[0.75, 1.25], flip=True, color_jitter=0.2, num_workers=0, seed=0, amp=False,
                amp_dtype="float16", channels_last=False)  # fmt: skip
     cfg.update(changes)
@@ -181,6 +181,23 @@ def test_void_pixels_do_not_contribute_to_the_loss():
     loss, correct, valid = segmentation_loss(logits, torch.full_like(labels, IGNORE_INDEX))
     loss.backward()
     assert loss.item() == 0.0 and (correct, valid) == (0, 0) and logits.grad.abs().max() == 0
+
+
+def test_input_scale_multiplies_the_training_scale_range_and_is_saved(tmp_path, tiny_demo, monkeypatch):
+    ranges = []
+
+    class Spy(JointAugment):
+        def __init__(self, crop_size, scale_range, *args, **kwargs):
+            ranges.append(scale_range)
+            super().__init__(crop_size, scale_range, *args, **kwargs)
+
+    monkeypatch.setattr(segmentation_module, "JointAugment", Spy)
+    cfg = seg_cfg(input_scale=2.0, scale_range=[0.75, 1.25], epochs=1, batch_size=10)
+    train_segmentation(tiny_demo, "val", cfg, **outputs(tmp_path, "s"))
+    assert ranges == [(1.5, 2.5)]
+    assert load_segmenter(tmp_path / "s.pt")[1]["config"]["input_scale"] == 2.0  # predictions scale by it too
+    with pytest.raises(ValueError, match="segmentation.input_scale"):
+        train_segmentation(tiny_demo, "val", seg_cfg(input_scale=0.0), **outputs(tmp_path, "z"))
 
 
 def test_label_problems_name_the_file_before_training(tmp_path, tiny_demo):

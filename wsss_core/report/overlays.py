@@ -78,7 +78,7 @@ def _model_predictor(model_path, dataset: VOCDataset, scales, device: str) -> Ca
     """image -> argmax label map of the segmentation network at ``model_path``."""
     import torch
 
-    from wsss_core.segmentation.predict import check_classes, predict_probs
+    from wsss_core.segmentation.predict import check_classes, network_scales, predict_probs
     from wsss_core.train.devices import select_device
     from wsss_core.train.segmentation import load_segmenter  # lazy: the training stage's module
 
@@ -86,6 +86,7 @@ def _model_predictor(model_path, dataset: VOCDataset, scales, device: str) -> Ca
     model, meta = load_segmenter(model_path, device)
     check_classes(meta, dataset, model_path)
     model.eval()
+    scales = network_scales(meta, scales)
 
     def predict(image: np.ndarray) -> np.ndarray:
         probs = predict_probs(model, image, meta["mean"], meta["std"], scales=scales, flip=True, device=device)

@@ -50,6 +50,13 @@ def _check_scales(scales) -> list[float]:
     return scales
 
 
+def network_scales(meta: dict, scales) -> list[float]:
+    """The scales the network sees: ``scales`` (evaluation.scales) times the segmentation.input_scale it
+    was trained with (1.0 for models saved before the key existed)."""
+    factor = float(meta.get("config", {}).get("input_scale", 1.0))
+    return [s * factor for s in _check_scales(scales)]
+
+
 @torch.inference_mode()
 def predict_probs(model, image: np.ndarray, mean, std, *, scales: Sequence[float] = (1.0,), flip: bool = True,
                   device: torch.device | str = "cpu") -> torch.Tensor:  # fmt: skip
@@ -113,7 +120,7 @@ def _predict_with_model(model, meta: dict, dataset_root, split: str, out_dir, *,
     """
     if crf is not None and not isinstance(crf, dict):
         raise TypeError(f"argument crf: expected a dict of CRF parameters or None, got {type(crf).__name__}")
-    scales = _check_scales(scales)
+    scales = network_scales(meta, scales)
     start = time.perf_counter()
     dataset = VOCDataset(dataset_root)
     check_classes(meta, dataset, model_path)

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 CONFIG_KEYS = (
     "model", "backbone", "weights", "weights_dir", "output_stride", "aspp_channels", "frozen_bn", "epochs",
     "batch_size", "optimizer", "lr", "new_layer_lr_mult", "momentum", "weight_decay", "lr_schedule", "poly_power",
-    "warmup_steps", "crop_size", "scale_range",
+    "warmup_steps", "input_scale", "crop_size", "scale_range",
     "flip", "color_jitter", "num_workers", "seed", "amp", "amp_dtype", "channels_last",
 )  # fmt: skip
 
@@ -132,6 +132,8 @@ def _check_config(cfg: dict) -> None:
         raise ValueError(f"config key segmentation.epochs must be >= 1, got {cfg['epochs']}")
     if len(cfg["scale_range"]) != 2:
         raise ValueError(f"config key segmentation.scale_range must be [min, max], got {cfg['scale_range']}")
+    if not cfg["input_scale"] > 0:
+        raise ValueError(f"config key segmentation.input_scale must be > 0, got {cfg['input_scale']}")
 
 
 def train_segmentation(dataset_root, split: str, cfg: dict, *, label_dir=None, out_model, out_history_csv,
@@ -159,7 +161,8 @@ def train_segmentation(dataset_root, split: str, cfg: dict, *, label_dir=None, o
                             frozen_bn=cfg["frozen_bn"])  # fmt: skip
     model = model.to(device, memory_format=memory_format(device, cfg["channels_last"]))
     net = ctx.wrap(model)  # what runs the forward: DDP around the model when there are several processes
-    augment = JointAugment(cfg["crop_size"], tuple(cfg["scale_range"]), tuple(model.mean), tuple(model.std),
+    scale_range = tuple(s * cfg["input_scale"] for s in cfg["scale_range"])
+    augment = JointAugment(cfg["crop_size"], scale_range, tuple(model.mean), tuple(model.std),
                            flip=cfg["flip"], color_jitter=cfg["color_jitter"])  # fmt: skip
     data = LabelledPixels(ds, ids, augment, label_dir)
     batch_size = min(cfg["batch_size"], len(data))
