@@ -103,6 +103,26 @@ def test_crf_refines_only_within_the_image_labels_and_voids_after():
     assert (got[both] == V).all() and not ((sal > 0.5) & (got == 0)).any()
 
 
+def test_saliency_extent_labels_every_salient_pixel_by_its_best_class():
+    a = [1.0, 0.5, 0.0, 0.25, 0.9, 0.0, 0.0]
+    b = [0.0, 0.4, 0.5, 0.25, 0.0, 0.0, 1.0]
+    sal = [0.875, 0.875, 0.875, 0.875, 0.25, 0.5, 0.125]
+    settings = dict(extent="saliency", class_margin=0.2, min_fg_share=0.0)
+    # b is normalised by its peak 1.0 (last pixel): 0.4 vs a's 0.5 is within the margin -> void.
+    want = [3, V, 7, V, 0, 0, 0]  # not salient -> background, whatever the CAMs say
+    np.testing.assert_array_equal(label([[a], [b]], [3, 7], [sal], **settings), [want])
+    # One label: every salient pixel is that class, even where its CAM is 0 (the saliency_only labels).
+    one = label([[a]], [3], [sal], **settings)
+    np.testing.assert_array_equal(one, [[3, 3, 3, 3, 0, 0, 0]])
+    image = np.zeros((1, 7, 3), np.uint8)
+    np.testing.assert_array_equal(one, saliency_only_label(image, np.zeros((0, 1, 7)), [3], np.asarray([sal])))
+    # Too little salient foreground: all void (the MCIS recipe's last rule).
+    assert (label([[a]], [3], [[0.0] * 6 + [1.0]], extent="saliency", min_fg_share=0.2) == V).all()
+    for setting, value in (("extent", "cam"), ("class_margin", -0.1)):
+        with pytest.raises(ValueError, match=setting):
+            label([[a]], [3], [sal], **{setting: value})
+
+
 def saliency_from_masks(path, dataset, ids, resize=None):
     """Saliency-like maps from the GT masks: blurred object masks, in [0, 1]."""
     with SaliencyWriter(path, source="test") as writer:

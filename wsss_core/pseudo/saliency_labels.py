@@ -24,6 +24,14 @@ Per image, with the image's K classes:
 An image without labels is all background (0), as in the CAM-only recipe: it contains no
 object of any class, so salient regions there are background by definition.
 
+With ``extent="saliency"`` the saliency map alone says where objects are and the CAMs only say which
+object a pixel belongs to: every salient pixel (saliency > ``sal_threshold``) takes the image's class
+whose max-normalised CAM is highest there, void where the best two are within ``class_margin``; the
+rest is background (rules 2-6 do not apply; the optional CRF snaps the map to colour edges before the
+margin voids; rule 7 does). On photos where a saliency detector outlines the objects better than
+CAMs do, this keeps the whole object labelled where the MCIS rules void every salient pixel no CAM
+reaches; with one label per image it equals :func:`saliency_only_label` but for rule 7.
+
 :func:`saliency_only_label` is the yardstick without any CAM: the salient pixels of an image with one
 label take that label, those of an image with several labels are void (which object is which is
 unknown), and the rest is background.
@@ -43,12 +51,16 @@ from wsss_core.data.voc_layout import IGNORE_INDEX
 from wsss_core.pseudo.crf import crf_labels
 from wsss_core.pseudo.labels import write_label_folder
 
-DEFAULTS = {"cam_threshold": 0.3, "sal_threshold": 0.5, "min_fg_share": 0.01}
+DEFAULTS = {"cam_threshold": 0.3, "sal_threshold": 0.5, "min_fg_share": 0.01, "extent": "cams", "class_margin": 0.2}
+EXTENTS = ("cams", "saliency")
 
 
-def _check_settings(cam_threshold: float, sal_threshold: float, min_fg_share: float) -> None:
+def _check_settings(cam_threshold: float, sal_threshold: float, min_fg_share: float,
+                    extent: str = DEFAULTS["extent"], class_margin: float = DEFAULTS["class_margin"]) -> None:  # fmt: skip
+    if extent not in EXTENTS:
+        raise ValueError(f"saliency pseudo labels: extent must be one of {', '.join(EXTENTS)}, got {extent!r}")
     for name, value in (("cam_threshold", cam_threshold), ("sal_threshold", sal_threshold),
-                        ("min_fg_share", min_fg_share)):  # fmt: skip
+                        ("min_fg_share", min_fg_share), ("class_margin", class_margin)):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"saliency pseudo labels: {name} must be a number in [0, 1], got {value!r}")
         if not 0.0 <= value <= 1.0:
@@ -64,14 +76,17 @@ def saliency_pseudo_label(
     cam_threshold: float = DEFAULTS["cam_threshold"],
     sal_threshold: float = DEFAULTS["sal_threshold"],
     min_fg_share: float = DEFAULTS["min_fg_share"],
+    extent: str = DEFAULTS["extent"],
+    class_margin: float = DEFAULTS["class_margin"],
     crf: dict | None = None,
 ) -> np.ndarray:
     """(H, W) uint8 pseudo label by the rules of the module docstring: class ids, 0, or 255 = void.
 
     ``cams`` (K, H, W) >= 0 for the K ``class_ids``; ``saliency`` (H, W) in [0, 1];
-    ``image`` (H, W, 3) uint8, used by the CRF only; ``crf``: CRF params or None.
+    ``image`` (H, W, 3) uint8, used by the CRF only; ``crf``: CRF params or None;
+    ``extent``: "cams" (the MCIS rules) or "saliency" (salient pixels take their best class).
     """
-    _check_settings(cam_threshold, sal_threshold, min_fg_share)
+    _check_settings(cam_threshold, sal_threshold, min_fg_share, extent, class_margin)
     cams, saliency = np.asarray(cams, np.float64), np.asarray(saliency, np.float64)  # cuts compare in float64
     class_ids = [int(c) for c in class_ids]
     size = np.shape(image)[:2]
@@ -86,6 +101,8 @@ def saliency_pseudo_label(
         return np.zeros(size, np.uint8)
     peaks = cams.reshape(len(class_ids), -1).max(1).reshape(-1, 1, 1)
     scores = np.where(peaks > 0, cams / np.maximum(peaks, 1e-12), 0.0)
+    if extent == "saliency":
+        return _salient_extent_label(image, scores, class_ids, saliency > sal_threshold, class_margin, min_fg_share, crf)
     on = scores > cam_threshold
     scores = np.where(on, scores, 0.0)
     labels = np.asarray([0, *class_ids], np.uint8)[np.concatenate([1.0 - saliency[None], scores]).argmax(0)]
@@ -93,6 +110,21 @@ def saliency_pseudo_label(
         labels = crf_labels(image, labels, [0, *class_ids], crf)
     labels[on.sum(0) >= 2] = IGNORE_INDEX
     labels[(saliency > sal_threshold) & (labels == 0)] = IGNORE_INDEX
+    if np.isin(labels, class_ids).mean() < min_fg_share:
+        labels[:] = IGNORE_INDEX
+    return labels
+
+
+def _salient_extent_label(image: np.ndarray, scores: np.ndarray, class_ids: list[int], salient: np.ndarray,
+                          class_margin: float, min_fg_share: float, crf: dict | None) -> np.ndarray:  # fmt: skip
+    """``extent="saliency"``: salient pixels -> their best class (void within ``class_margin``), else 0."""
+    labels = np.zeros(salient.shape, np.uint8)
+    labels[salient] = np.asarray(class_ids, np.uint8)[scores.argmax(0)][salient]
+    if crf is not None:
+        labels = crf_labels(image, labels, [0, *class_ids], crf)
+    if len(class_ids) > 1:
+        top_two = np.sort(scores, axis=0)[-2:]
+        labels[(labels != 0) & (top_two[1] - top_two[0] < class_margin)] = IGNORE_INDEX
     if np.isin(labels, class_ids).mean() < min_fg_share:
         labels[:] = IGNORE_INDEX
     return labels
@@ -135,6 +167,8 @@ def make_saliency_pseudo_labels(
     cam_threshold: float = DEFAULTS["cam_threshold"],
     sal_threshold: float = DEFAULTS["sal_threshold"],
     min_fg_share: float = DEFAULTS["min_fg_share"],
+    extent: str = DEFAULTS["extent"],
+    class_margin: float = DEFAULTS["class_margin"],
     crf: dict | None = None,
     workers: int = 1,
 ) -> dict:
@@ -143,12 +177,13 @@ def make_saliency_pseudo_labels(
     Reads the CAM store and the saliency store (:func:`wsss_core.pseudo.saliency.make_saliency`);
     both must cover the split, at image resolution (errors name the file). Atomic and
     parallel like :func:`wsss_core.pseudo.labels.make_pseudo_labels`. Returns
-    ``{"images", "all_void_images", "cam_threshold", "sal_threshold", "min_fg_share", "crf", "seconds"}``;
+    ``{"images", "all_void_images", <the settings>, "crf", "seconds"}``;
     ``all_void_images`` counts the images voided whole (rule 7), a sign of failing CAMs when high.
     """
     start = time.perf_counter()
-    _check_settings(cam_threshold, sal_threshold, min_fg_share)
-    settings = dict(cam_threshold=cam_threshold, sal_threshold=sal_threshold, min_fg_share=min_fg_share, crf=crf)
+    _check_settings(cam_threshold, sal_threshold, min_fg_share, extent, class_margin)
+    settings = dict(cam_threshold=cam_threshold, sal_threshold=sal_threshold, min_fg_share=min_fg_share,
+                    extent=extent, class_margin=class_margin, crf=crf)  # fmt: skip
     done = write_label_folder(cam_h5, dataset_root, split, out_dir, label_fn=partial(saliency_pseudo_label, **settings),
                               workers=workers, saliency_h5=saliency_h5)  # fmt: skip
     return {
@@ -156,6 +191,8 @@ def make_saliency_pseudo_labels(
         "cam_threshold": float(cam_threshold),
         "sal_threshold": float(sal_threshold),
         "min_fg_share": float(min_fg_share),
+        "extent": extent,
+        "class_margin": float(class_margin),
         "crf": crf is not None,
         "seconds": round(time.perf_counter() - start, 3),
     }
