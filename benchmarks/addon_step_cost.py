@@ -18,7 +18,8 @@ import torch
 import yaml
 
 from wsss_core.train.addons import loss_addons
-from wsss_core.train.classifier import CAMObjective, architecture, build_classifier
+from wsss_core.models.classifier import build_classifier
+from wsss_core.train.classifier import CAMObjective, architecture
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from wsss_core.cams.coattention import SELF, choose_references
 from wsss_core.cams.infer import prepare
 from wsss_core.data.voc_layout import VOCDataset
-from wsss_core.train.classifier import build_classifier, load_classifier
+from wsss_core.models.classifier import build_classifier, load_classifier
 
 
 def region(mask: np.ndarray, class_id: int, size) -> torch.Tensor:

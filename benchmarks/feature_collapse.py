@@ -28,7 +28,8 @@ import yaml
 from wsss_core.data.transforms import Augment
 from wsss_core.data.voc_layout import VOCDataset
 from wsss_core.train.addons import loss_addons
-from wsss_core.train.classifier import CAMObjective, LabelledImages, architecture, build_classifier, method_settings
+from wsss_core.models.classifier import build_classifier
+from wsss_core.train.classifier import CAMObjective, LabelledImages, architecture, method_settings
 from wsss_core.train.loop import poly_lambda, sgd_two_groups
 from wsss_core.train.variants import parse_variant
 

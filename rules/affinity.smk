@@ -45,7 +45,7 @@ rule train_affinity:
         labels=rules.affinity_labels.output[0],
         root=dataset_root(),
         dataset=dataset_parts("train_labels", "train_images"),
-        code=code("train/affinity.py", skip=ADDON_MODULES.values()),
+        code=code("train/affinity.py"),
     output:
         model=AFF_DIR / "model.pt",
         history=report(
@@ -80,7 +80,7 @@ rule random_walk:
         model=rules.train_affinity.output.model,
         root=dataset_root(),
         dataset=dataset_parts("train_labels", "train_images"),
-        code=code("refine/propagate.py", skip=ADDON_MODULES.values()),
+        code=code("refine/propagate.py"),
     output:
         labels=directory(
             RESULTS / "pseudo_labels" / MAIN_CAMS / "random_walk" / CAM_SPLIT

@@ -12,7 +12,7 @@ rule infer_cams:
         model=CLS_DIR / "{cams}" / "model.pt",
         root=dataset_root(),
         dataset=dataset_parts("train_labels", "train_images"),
-        code=code("cams/infer.py", skip=ADDON_MODULES.values()),
+        code=code("cams/infer.py"),
     output:
         CAM_DIR / "{cams}" / f"{CAM_SPLIT}.h5",
     log:
@@ -43,7 +43,7 @@ rule infer_coattentive_cams:
         model=CLS_DIR / "{method}" / "model.pt",
         root=dataset_root(),
         dataset=dataset_parts("train_labels", "train_images"),
-        code=code("cams/coattention.py", skip=ADDON_MODULES.values()),
+        code=code("cams/coattention.py"),
     output:
         single=CAM_DIR / "{method}" / f"{CAM_SPLIT}.h5",
         multi=CAM_DIR / "{method}_multiround" / f"{CAM_SPLIT}.h5",

@@ -199,8 +199,7 @@ def round_stores(variant, rounds):
 
 
 # The module of each classifier add-on: the training code imports all of them, but a variant runs only its own,
-# so an edit to one retrains the variants that use it and not, say, the baseline. Steps that only load a trained
-# classifier (CAM inference, AffinityNet) import them too and run none: code(..., skip=ADDON_MODULES.values()).
+# so an edit to one retrains the variants that use it and not, say, the baseline.
 ADDON_MODULES = {addon: f"train/{addon}.py" for addon in ADDONS}
 
 

@@ -11,12 +11,12 @@ from wsss_core.cams.evaluate import sweep
 from wsss_core.cams.store import CAMReader
 from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset, voc_palette
 from wsss_core.fileio import save_label_png
-from wsss_core.models.affinitynet import EMBED_CHANNELS, build_affinitynet
+from wsss_core.models.affinitynet import EMBED_CHANNELS, build_affinitynet, load_affinitynet
 from wsss_core.refine.affinity_labels import alpha_labels, confident_labels, make_affinity_labels
 from wsss_core.refine.propagate import embed_image, propagate_split
 from wsss_core.refine.random_walk import propagate_cams
 from wsss_core.train import checkpoint as checkpoint_module
-from wsss_core.train.affinity import load_affinitynet, train_affinity
+from wsss_core.train.affinity import train_affinity
 
 # Max-CAM values well away from the two cut points, ~0.2755 (alpha 4) and ~0.0770 (alpha 32).
 VALUES = np.array([0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.35, 0.5, 0.8, 1.0])

@@ -11,8 +11,9 @@ from wsss_core.cams.infer import infer_cams, multiscale_cams, normalize_cams, si
 from wsss_core.cams.store import CAMReader
 from wsss_core.data.transforms import Augment
 from wsss_core.data.voc_layout import VOCDataset
+from wsss_core.models.classifier import load_classifier
 from wsss_core.train import checkpoint as checkpoint_module
-from wsss_core.train.classifier import load_classifier, method_settings, poly_lambda, train_classifier
+from wsss_core.train.classifier import method_settings, poly_lambda, train_classifier
 from wsss_core.train.loop import step_lambda
 
 

@@ -14,11 +14,12 @@ from test_classifier import tiny_cfg
 from wsss_core.data.demo import TINY, generate
 from wsss_core.data.pairs import PairSampler
 from wsss_core.data.voc_layout import VOCDataset
+from wsss_core.models import classifier as classifier_module
 from wsss_core.models.backbones import Backbone
+from wsss_core.models.classifier import build_classifier, load_classifier
 from wsss_core.models.coattention import CoAttentionNet, common_labels, domain_pair, exclusive_labels, pair_loss
-from wsss_core.train import classifier as classifier_module
 from wsss_core.train.checkpoint import seed_everything
-from wsss_core.train.classifier import build_classifier, load_classifier, train_classifier
+from wsss_core.train.classifier import train_classifier
 from wsss_core.train.coattention import grouped_pair_logits
 
 

@@ -1,8 +1,5 @@
 """Segmentation inference: multi-scale + flip probabilities, label-map PNGs, CRF workers, atomic output."""
 
-import sys
-import types
-
 import numpy as np
 import pytest
 import torch
@@ -12,6 +9,7 @@ from torch import nn
 
 from wsss_core.data.transforms import normalize
 from wsss_core.data.voc_layout import VOCDataset, voc_palette
+from wsss_core.segmentation import predict as predict_module
 from wsss_core.segmentation.predict import _predict_with_model, network_scales, predict_probs, predict_split
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -209,9 +207,7 @@ def test_predict_split_loads_the_model_and_sets_threads(tiny_demo, tmp_path, mon
         calls.append((str(path), torch.device(device)))
         return PixelModel(ds.num_classes, seed=5), meta_for(tiny_demo)
 
-    fake = types.ModuleType("wsss_core.train.segmentation")
-    fake.load_segmenter = load_segmenter
-    monkeypatch.setitem(sys.modules, "wsss_core.train.segmentation", fake)
+    monkeypatch.setattr(predict_module, "load_segmenter", load_segmenter)
     threads = torch.get_num_threads()
     try:
         summary = predict_split(tmp_path / "model.pt", tiny_demo, "val", tmp_path / "out", scales=[1.0], flip=True,

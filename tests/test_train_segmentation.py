@@ -15,13 +15,13 @@ from wsss_core.data.demo import DEFAULT, generate
 from wsss_core.data.joint_transforms import JointAugment
 from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset, voc_palette
 from wsss_core.fileio import save_label_png
-from wsss_core.models.deeplab import SEG_ARCH_KEYS, build_segmenter
+from wsss_core.models.deeplab import SEG_ARCH_KEYS, build_segmenter, load_segmenter
 from wsss_core.train import segmentation as segmentation_module
 from wsss_core.train import checkpoint as checkpoint_module
 from wsss_core.train.checkpoint import seed_everything
 from wsss_core.train.loop import (StateBundle, autocast, grad_scaler, make_optimizer, memory_format, poly_lambda,
                                   schedule_lambda, write_history_csv)  # fmt: skip
-from wsss_core.train.segmentation import load_segmenter, segmentation_loss, train_segmentation
+from wsss_core.train.segmentation import segmentation_loss, train_segmentation
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 LEARN_IMAGES, LEARN_STEPS, LEARN_MARGIN = 80, 96, 0.01  # 64 training images seen 12 times

@@ -1,4 +1,4 @@
-"""Atomic writes: every stage writes to a temporary sibling, then renames.
+"""Atomic writes: every stage writes to a temporary sibling, then renames; and file digests.
 
 A killed job therefore leaves either the old file/tree or none at all, never a
 half-written one that a later stage could mistake for a finished result.
@@ -7,6 +7,7 @@ half-written one that a later stage could mistake for a finished result.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -85,3 +86,9 @@ def save_label_png(path: str | os.PathLike, labels: np.ndarray, palette: list[in
     img.putpalette(palette)
     with atomic_file(path) as tmp:
         img.save(tmp, format="PNG")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (stores record the checkpoint they were made from)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

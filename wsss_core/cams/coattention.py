@@ -36,9 +36,9 @@ from wsss_core.cams.infer import (_Images, load_for_dataset, merge_views, normal
                                   size_batches, unit_max)  # fmt: skip
 from wsss_core.cams.store import CAMWriter
 from wsss_core.data.voc_layout import VOCDataset
+from wsss_core.devices import select_device
+from wsss_core.fileio import file_sha256
 from wsss_core.models.coattention import TARGET, CoAttentionNet, domain_pair
-from wsss_core.train.checkpoint import file_sha256
-from wsss_core.train.devices import select_device
 
 log = logging.getLogger(__name__)
 SELF = domain_pair(TARGET, TARGET)

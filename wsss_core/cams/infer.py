@@ -21,9 +21,9 @@ from tqdm import tqdm
 from wsss_core.cams.store import CAMWriter
 from wsss_core.data.transforms import normalize
 from wsss_core.data.voc_layout import VOCDataset
-from wsss_core.train.checkpoint import file_sha256
-from wsss_core.train.classifier import load_classifier
-from wsss_core.train.devices import select_device
+from wsss_core.devices import select_device
+from wsss_core.fileio import file_sha256
+from wsss_core.models.classifier import load_classifier
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from wsss_core.models.backbones import Backbone, EfficientNetLite0Backbone, ResNetBackbone, build_backbone
+from wsss_core.models.saved import load_saved
 
 # Settings that define the architecture; stored with the weights so inference can rebuild it.
 AFF_ARCH_KEYS = ("backbone", "output_stride")
@@ -94,3 +95,8 @@ def build_affinitynet(arch: dict, *, weights: str | os.PathLike = "random",
     backbone = build_backbone(arch["backbone"], weights=weights, output_stride=arch["output_stride"],
                               frozen_bn=frozen_bn, weights_dir=weights_dir)  # fmt: skip
     return AffinityNet(backbone)
+
+
+def load_affinitynet(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[AffinityNet, dict]:
+    """(model in eval mode, metadata) from a file written by rule train_affinity."""
+    return load_saved(path, lambda meta: build_affinitynet(meta["arch"], weights="random"), device)

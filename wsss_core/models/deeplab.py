@@ -35,6 +35,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from wsss_core.models.backbones import (Backbone, EfficientNetLite0Backbone, ResNetBackbone, VGG16LargeFOV,
                                         WeightsUnavailableError, build_backbone)  # fmt: skip
+from wsss_core.models.saved import load_saved
 
 # Settings that define the architecture; stored with the weights so inference can rebuild it.
 SEG_ARCH_KEYS = ("model", "backbone", "output_stride", "aspp_channels")
@@ -225,3 +226,8 @@ def build_segmenter(arch: dict, num_classes: int, *, weights: str | os.PathLike 
     tap, low_channels = low_level_tap(backbone)
     head = DeepLabV3PlusHead(backbone.out_channels, low_channels, num_classes, rates, channels)
     return Segmenter(backbone, head, tap)
+
+
+def load_segmenter(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[Segmenter, dict]:
+    """(model in eval mode, metadata) from a file written by rule train_segmentation."""
+    return load_saved(path, lambda meta: build_segmenter(meta["arch"], len(meta["classes"]), weights="random"), device)

@@ -30,13 +30,12 @@ import torch.nn.functional as F
 from wsss_core.cams.infer import prepare
 from wsss_core.cams.store import CAMReader, CAMWriter, check_store_covers
 from wsss_core.data.voc_layout import VOCDataset, voc_palette
-from wsss_core.fileio import atomic_dir, save_label_png
+from wsss_core.devices import select_device
+from wsss_core.fileio import atomic_dir, file_sha256, save_label_png
+from wsss_core.models.affinitynet import load_affinitynet
 from wsss_core.parallel import fork_map_chunks
 from wsss_core.pseudo.labels import check_map_size
 from wsss_core.refine.random_walk import propagate_cams
-from wsss_core.train.affinity import load_affinitynet
-from wsss_core.train.checkpoint import file_sha256
-from wsss_core.train.devices import select_device
 
 log = logging.getLogger(__name__)
 

@@ -78,9 +78,9 @@ def _model_predictor(model_path, dataset: VOCDataset, scales, device: str) -> Ca
     """image -> argmax label map of the segmentation network at ``model_path``."""
     import torch
 
+    from wsss_core.devices import select_device
+    from wsss_core.models.deeplab import load_segmenter
     from wsss_core.segmentation.predict import check_classes, network_scales, predict_probs
-    from wsss_core.train.devices import select_device
-    from wsss_core.train.segmentation import load_segmenter  # lazy: the training stage's module
 
     device = select_device(device)
     model, meta = load_segmenter(model_path, device)

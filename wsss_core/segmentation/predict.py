@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from wsss_core.data.transforms import normalize
 from wsss_core.data.voc_layout import VOCDataset, voc_palette
+from wsss_core.devices import select_device
 from wsss_core.fileio import atomic_dir, save_label_png
-from wsss_core.train.devices import select_device
+from wsss_core.models.deeplab import load_segmenter
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +181,6 @@ def predict_split(model_path, dataset_root, split: str, out_dir, *, scales, flip
                   threads: int = 1, device: str = "auto", workers: int = 1) -> dict:  # fmt: skip
     """Write ``<out_dir>/<id>.png`` (argmax of the averaged probabilities, after the CRF if ``crf`` is a
     dict of its parameters) for every image of ``split``. Returns ``{"images", "seconds", ...}``."""
-    from wsss_core.train.segmentation import load_segmenter  # lazy: the training stage's module
-
     device = select_device(device)
     torch.set_num_threads(max(1, threads))
     model, meta = load_segmenter(model_path, device)

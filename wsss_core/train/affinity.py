@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from wsss_core.data.joint_transforms import JointAugment
 from wsss_core.data.voc_layout import VOCDataset
-from wsss_core.models.affinitynet import AffinityNet, build_affinitynet
+from wsss_core.models.affinitynet import build_affinitynet
 from wsss_core.refine.random_walk import affinity_loss, displacements, pair_affinities, pair_indices
 from wsss_core.train.checkpoint import fingerprint, resume, save_epoch, save_final, seed_everything
 from wsss_core.train.distributed import setup
@@ -40,15 +40,6 @@ TERMS = ("bg_pos", "fg_pos", "neg")
 def grid_labels(labels: torch.Tensor, stride: int) -> torch.Tensor:
     """(B, S, S) pixel labels -> (B, S / stride, S / stride): the label at each cell's centre pixel."""
     return labels[:, stride // 2 :: stride, stride // 2 :: stride]
-
-
-def load_affinitynet(path: str | Path, device: torch.device | str = "cpu") -> tuple[AffinityNet, dict]:
-    """(model in eval mode, metadata) from a file written by :func:`train_affinity`."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    meta = payload["meta"]
-    model = build_affinitynet(meta["arch"], weights="random")
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval(), meta
 
 
 def _check(epochs, batch_size, crop_size, output_stride, scale_range, radius) -> None:

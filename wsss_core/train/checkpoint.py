@@ -29,11 +29,6 @@ def fingerprint(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def rng_state() -> dict:
     """Every RNG state, in types that ``torch.load(weights_only=True)`` accepts."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()

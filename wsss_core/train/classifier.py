@@ -25,9 +25,8 @@ from tqdm import tqdm
 
 from wsss_core.data.transforms import Augment
 from wsss_core.data.voc_layout import VOCDataset
-from wsss_core.models.backbones import build_backbone
-from wsss_core.models.cam_head import CAMNet
-from wsss_core.models.coattention import TARGET, CoAttentionNet
+from wsss_core.models.classifier import ARCH_KEYS, build_classifier
+from wsss_core.models.coattention import TARGET
 from wsss_core.train.addons import add_terms, loss_addons
 from wsss_core.train.checkpoint import fingerprint, resume, save_epoch, save_final, seed_everything
 from wsss_core.train.coattention import CoAttentionObjective, ImageSource
@@ -35,12 +34,10 @@ from wsss_core.train.distributed import LossModule, setup
 from wsss_core.train.erasing import ErasedDataset
 from wsss_core.train.loop import (StateBundle, autocast, grad_scaler, memory_format, optimizer_step,
                                  poly_lambda, sgd_two_groups, step_lambda)  # fmt: skip
-from wsss_core.train.variants import METHODS
 
 log = logging.getLogger(__name__)
 
 # Settings that define the architecture; stored with the weights so inference can rebuild it.
-ARCH_KEYS = ("method", "backbone", "output_stride")
 
 
 class LabelledImages(Dataset):
@@ -77,26 +74,6 @@ class CAMObjective:
         cams = model.cams(images)
         terms = {"cls": F.multilabel_soft_margin_loss(cams.mean(dim=(2, 3)), labels)}
         return add_terms({**terms, "total": terms["cls"]}, self.addons, model, images, labels, cams, progress)
-
-
-def build_classifier(arch: dict, num_classes: int, weights: str = "random", weights_dir=None, frozen_bn=True):
-    """The network described by ``arch`` (see ARCH_KEYS) over ``num_classes`` foreground classes."""
-    if arch["method"] not in METHODS:
-        raise ValueError(f"config key classifier.method: unknown method '{arch['method']}' (one of {METHODS})")
-    backbone = build_backbone(arch["backbone"], weights=weights, output_stride=arch["output_stride"],
-                              frozen_bn=frozen_bn, weights_dir=weights_dir)  # fmt: skip
-    if arch["method"] == "cam":
-        return CAMNet(backbone, num_classes)
-    return CoAttentionNet(backbone, num_classes, domains=tuple(arch.get("domains", (TARGET,))))
-
-
-def load_classifier(path: str | Path, device: torch.device | str = "cpu"):
-    """(model in eval mode, metadata) from a file written by :func:`train_classifier`."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    meta = payload["meta"]
-    model = build_classifier(meta["arch"], len(meta["classes"]) - 1)
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval(), meta
 
 
 def architecture(cfg: dict) -> dict:

@@ -143,7 +143,7 @@ class GlobalBatches(torch.utils.data.Sampler):
 
 def setup(device: str = "auto") -> Context:
     """This process's context: one process, or a rank of a ``torchrun`` group (joined here)."""
-    from wsss_core.train.devices import select_device
+    from wsss_core.devices import select_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from wsss_core.data.joint_transforms import JointAugment
 from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset
-from wsss_core.models.deeplab import SEG_ARCH_KEYS, Segmenter, build_segmenter
+from wsss_core.models.deeplab import SEG_ARCH_KEYS, build_segmenter
 from wsss_core.train.checkpoint import fingerprint, resume, save_epoch, save_final, seed_everything
 from wsss_core.train.distributed import setup
 from wsss_core.train.loop import (StateBundle, autocast, grad_scaler, make_optimizer, memory_format,
@@ -113,15 +113,6 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, mean_over: flo
     loss = per_pixel.sum() / max(n_valid if mean_over is None else mean_over, 1)
     correct = int(((logits.detach().argmax(1) == labels) & valid).sum())
     return loss, correct, n_valid
-
-
-def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> tuple[Segmenter, dict]:
-    """(model in eval mode, metadata) from a file written by :func:`train_segmentation`."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    meta = payload["meta"]
-    model = build_segmenter(meta["arch"], len(meta["classes"]), weights="random")
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval(), meta
 
 
 def _check_config(cfg: dict) -> None:

@@ -8,7 +8,8 @@ other and with either method; :func:`canonical` orders them as :data:`ADDONS` do
 
 from __future__ import annotations
 
-METHODS = ("cam", "coattention")
+from wsss_core.models.classifier import METHODS
+
 # puzzle: Puzzle-CAM's tile/merge consistency (train/puzzle.py); binomial: importance-sampled logits and
 # the feature-similarity loss (train/binomial.py); erasing: adversarial erasing rounds (train/erasing.py)
 ADDONS = ("puzzle", "binomial", "erasing")
