@@ -37,8 +37,6 @@ from wsss_core.train.loop import (StateBundle, autocast, grad_scaler, memory_for
 
 log = logging.getLogger(__name__)
 
-# Settings that define the architecture; stored with the weights so inference can rebuild it.
-
 
 class LabelledImages(Dataset):
     """(augmented image, multi-hot labels) for the ids of one split."""
