@@ -4,18 +4,15 @@
 
 AFF = config["affinity"]
 AFF_DIR = RESULTS / "affinity" / MAIN_CAMS
-TRAIN_KEYS = [
-    k
-    for k in AFF
-    if k not in ("low_alpha", "high_alpha", "crf", "beta", "logt", "alpha")
-]
+LABEL_KEYS = ("low_alpha", "high_alpha")
+WALK_KEYS = ("beta", "logt", "alpha")
 
 
 rule affinity_labels:
     """Confident foreground (strong background, low alpha) and background (weak background, high alpha)
     from the CAMs, each CRF-refined; the rest 255."""
     input:
-        cams=CAM_DIR / MAIN_CAMS / f"{CAM_SPLIT}.h5",
+        cams=cam_store(MAIN_CAMS),
         root=dataset_root(),
         dataset=dataset_parts("train_labels", "train_images"),
         code=code("refine/affinity_labels.py"),
@@ -33,7 +30,7 @@ rule affinity_labels:
         runtime=120,
     params:
         split=CAM_SPLIT,
-        alphas={k: AFF[k] for k in ("low_alpha", "high_alpha")},
+        alphas=section(AFF, keep=LABEL_KEYS),
         crf=config["crf"] if AFF["crf"] else None,
     script:
         "../workflow_scripts/affinity_labels.py"
@@ -66,7 +63,7 @@ rule train_affinity:
         runtime=720,
     params:
         split=CAM_SPLIT,
-        train={k: AFF[k] for k in TRAIN_KEYS},
+        cfg=section(AFF, drop=(*LABEL_KEYS, "crf", *WALK_KEYS)),
         # not an output: survives a kill so that --rerun-incomplete resumes training
         checkpoint_dir=AFF_DIR / "checkpoints",
     script:
@@ -76,7 +73,7 @@ rule train_affinity:
 rule random_walk:
     """CAMs (+ a (1 - max)^alpha background) walked over the affinity graph: argmax labels and refined CAMs."""
     input:
-        cams=CAM_DIR / MAIN_CAMS / f"{CAM_SPLIT}.h5",
+        cams=cam_store(MAIN_CAMS),
         model=rules.train_affinity.output.model,
         root=dataset_root(),
         dataset=dataset_parts("train_labels", "train_images"),
@@ -85,7 +82,7 @@ rule random_walk:
         labels=directory(
             RESULTS / "pseudo_labels" / MAIN_CAMS / "random_walk" / CAM_SPLIT
         ),
-        cams=CAM_DIR / RW_CAMS / f"{CAM_SPLIT}.h5",
+        cams=cam_store(RW_CAMS),
     log:
         LOGS / "affinity" / f"random_walk_{MAIN_CAMS}.log",
     benchmark:
@@ -99,6 +96,6 @@ rule random_walk:
         runtime=240,
     params:
         split=CAM_SPLIT,
-        walk={k: AFF[k] for k in ("beta", "logt", "alpha")},
+        walk=section(AFF, keep=WALK_KEYS),
     script:
         "../workflow_scripts/random_walk.py"

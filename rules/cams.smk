@@ -1,9 +1,9 @@
 # CAM stage: multi-scale + flip CAMs into HDF5, then their quality against the masks.
-# {cams} names a CAM store (see cam_stores in common.smk).
+# {cams} names a CAM store (see wsss_core/plan.py).
 
 
 wildcard_constraints:
-    cams="|".join(re.escape(c) for c in CAM_STORES),
+    cams=one_of(CAM_STORES),
 
 
 rule infer_cams:
@@ -30,7 +30,7 @@ rule infer_cams:
         runtime=240,
     params:
         split=CAM_SPLIT,
-        cams={k: CAMS[k] for k in ("scales", "flip", "batch_size", "num_workers")},
+        cams=section(CAMS, keep=("scales", "flip", "batch_size", "num_workers")),
     script:
         "../workflow_scripts/infer_cams.py"
 
@@ -62,9 +62,7 @@ rule infer_coattentive_cams:
         runtime=480,
     params:
         split=CAM_SPLIT,
-        cams={
-            k: v for k, v in CAMS.items() if k not in ("multiround", "eval_thresholds")
-        },
+        cams=section(CAMS, drop=("multiround", "eval_thresholds")),
     script:
         "../workflow_scripts/infer_coattentive_cams.py"
 

@@ -11,7 +11,7 @@ rule train_classifier:
     input:
         root=dataset_root(),
         dataset=dataset_parts("train_labels", "train_images"),
-        extra=lambda wildcards: extra_image_roots(wildcards.method),
+        extra=lambda wildcards: PLAN.extra_image_roots(wildcards.method),
         code=lambda wildcards: classifier_code(wildcards.method),
     output:
         model=CLS_DIR / "{method}" / "model.pt",
@@ -35,7 +35,7 @@ rule train_classifier:
         mem_mb=8000,
         runtime=720,
     params:
-        cfg=lambda wildcards: classifier_config(wildcards.method),
+        cfg=lambda wildcards: PLAN.classifier_config(wildcards.method),
         split=DATASET["train_split"],
         # not an output: survives a kill so that --rerun-incomplete resumes training
         checkpoint_dir=lambda wildcards: CLS_DIR / wildcards.method / "checkpoints",
@@ -53,7 +53,7 @@ rule train_erasing_round:
     input:
         root=dataset_root(),
         dataset=dataset_parts("train_labels", "train_images"),
-        extra=lambda wildcards: extra_image_roots(wildcards.variant),
+        extra=lambda wildcards: PLAN.extra_image_roots(wildcards.variant),
         # the earlier rounds' CAM stores: the regions to erase
         erase=lambda wildcards: round_stores(
             wildcards.variant, int(wildcards.round) - 1
@@ -82,7 +82,7 @@ rule train_erasing_round:
         mem_mb=8000,
         runtime=720,
     params:
-        cfg=lambda wildcards: classifier_config(wildcards.variant),
+        cfg=lambda wildcards: PLAN.classifier_config(wildcards.variant),
         split=DATASET["train_split"],
         checkpoint_dir=lambda wildcards: CLS_DIR
         / f"{wildcards.variant}_round{wildcards.round}"

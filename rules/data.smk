@@ -44,7 +44,7 @@ rule download_archive:
     benchmark:
         BENCH / "data" / "download_{filename}.tsv"
     wildcard_constraints:
-        filename="|".join(re.escape(name) for name in ARCHIVES),
+        filename=one_of(ARCHIVES),
     # Cluster compute nodes are often offline: download on the submitting host.
     localrule: True
     conda:

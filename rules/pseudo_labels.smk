@@ -6,13 +6,13 @@ PSEUDO_DIR = RESULTS / "pseudo_labels" / MAIN_CAMS
 
 
 wildcard_constraints:
-    recipe="|".join(RECIPES),
+    recipe=one_of(RECIPES),
 
 
 rule make_pseudo_labels:
     """Confident foreground / background from the CAMs, refined by dense CRF; palette PNGs."""
     input:
-        cams=CAM_DIR / MAIN_CAMS / f"{CAM_SPLIT}.h5",
+        cams=cam_store(MAIN_CAMS),
         best=expand(rules.evaluate_cams.output.best, cams=MAIN_CAMS)[0],
         root=dataset_root(),
         dataset=dataset_parts("train_labels", "train_images"),
@@ -32,7 +32,7 @@ rule make_pseudo_labels:
         runtime=120,
     params:
         split=CAM_SPLIT,
-        pseudo={k: PSEUDO[k] for k in ("threshold", "fg_margin", "bg_margin")},
+        pseudo=section(PSEUDO, keep=("threshold", "fg_margin", "bg_margin")),
         crf=config["crf"] if PSEUDO["crf"] else None,
     script:
         "../workflow_scripts/make_pseudo_labels.py"
@@ -64,7 +64,7 @@ rule make_saliency_pseudo_labels:
         runtime=120,
     params:
         split=CAM_SPLIT,
-        recipe=lambda w: saliency_recipe_settings(w.recipe),
+        recipe=lambda w: PLAN.saliency_recipe_settings(w.recipe),
         crf=lambda w: (
             config["crf"]
             if PSEUDO["saliency_recipe"]["crf"] and w.recipe != "saliency_only"

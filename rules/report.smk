@@ -4,7 +4,7 @@
 rule overlays:
     """Training images with their CAMs, pseudo labels, the WSSS network's prediction and the GT mask."""
     input:
-        cams=CAM_DIR / MAIN_CAMS / f"{CAM_SPLIT}.h5",
+        cams=cam_store(MAIN_CAMS),
         pseudo_labels=PSEUDO_DIR / PSEUDO["recipe"] / CAM_SPLIT,
         model=expand(rules.train_segmentation.output.model, labels=MAIN_RUN),
         root=dataset_root(),

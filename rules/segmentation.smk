@@ -1,6 +1,6 @@
 # Segmentation stage: DeepLab trained on the pseudo labels (and on the GT masks: the fully-supervised
 # reference), its predictions on the evaluation split, and their mIoU.
-# The {labels} wildcard names the pseudo labels learnt from, <cams>+<recipe> (SEG_RUNS, common.smk), or
+# The {labels} wildcard names the pseudo labels learnt from, <cams>+<recipe> (wsss_core/plan.py), or
 # "fully_supervised" for the reference trained on the GT masks.
 
 SEG = config["segmentation"]
@@ -46,7 +46,7 @@ rule train_segmentation:
         runtime=720,
     params:
         # segmentation.compare says which networks exist, not how one trains
-        cfg={k: v for k, v in SEG.items() if k != "compare"},
+        cfg=section(SEG, drop=("compare",)),
         split=DATASET["train_split"],
         # not an output: survives a kill so that --rerun-incomplete resumes training
         checkpoint_dir=lambda wildcards: SEG_DIR / wildcards.labels / "checkpoints",

@@ -24,6 +24,17 @@ TRAIN = dict(weights="imagenet", epochs=2, batch_size=5, crop_size=48, scale_ran
              lr=0.01, amp=False)  # fmt: skip
 
 
+def aff_cfg(**changes) -> dict:
+    """The training keys of an ``affinity`` config section (the schema's defaults), with TRAIN's and ``changes``."""
+    cfg = dict(backbone="efficientnet_lite0", weights="imagenet", weights_dir=None, output_stride=8, frozen_bn=True,
+               radius=5, epochs=8, batch_size=8, lr=0.01, new_layer_lr_mult=10, momentum=0.9, weight_decay=1e-4,
+               poly_power=0.9, crop_size=448, scale_range=(0.9, 1.5), flip=True, color_jitter=0.3, num_workers=0,
+               seed=0, amp=True, amp_dtype="float16", channels_last=False)  # fmt: skip
+    cfg.update(TRAIN)
+    cfg.update(changes)
+    return cfg
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     threads = torch.get_num_threads()
@@ -109,7 +120,7 @@ def setup(tiny_demo, tmp_path_factory):
     record = make_affinity_labels(store, tiny_demo, "val", labels, crf=None)
     assert record["images"] == len(ids)
     outputs = dict(out_model=tmp / "a.pt", out_history_csv=tmp / "a.csv", checkpoint_dir=tmp / "ck_a")
-    summary = train_affinity(tiny_demo, "val", labels, **outputs, **TRAIN)
+    summary = train_affinity(tiny_demo, "val", aff_cfg(), label_dir=labels, **outputs)
     return dict(dataset=dataset, ids=ids, store=store, labels=labels, tmp=tmp, summary=summary, **outputs)
 
 
@@ -150,10 +161,10 @@ def test_training_lowers_the_loss_and_resumes_to_the_same_weights(setup, monkeyp
     outputs = dict(out_model=tmp / "b.pt", out_history_csv=tmp / "b.csv", checkpoint_dir=tmp / "ck_b")
     monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train_affinity(setup["dataset"].root, "val", setup["labels"], **outputs, **TRAIN)
+        train_affinity(setup["dataset"].root, "val", aff_cfg(), label_dir=setup["labels"], **outputs)
     assert (tmp / "ck_b" / "last.pt").exists() and not (tmp / "b.pt").exists()
     monkeypatch.setattr(checkpoint_module, "save_checkpoint", real_save)
-    train_affinity(setup["dataset"].root, "val", setup["labels"], **outputs, **TRAIN)
+    train_affinity(setup["dataset"].root, "val", aff_cfg(), label_dir=setup["labels"], **outputs)
     resumed, _ = load_affinitynet(tmp / "b.pt")
     for (name, pa), pb in zip(model.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=f"{name} differs after resume")
@@ -164,19 +175,19 @@ def test_training_lowers_the_loss_and_resumes_to_the_same_weights(setup, monkeyp
 def test_training_input_problems_name_the_file(setup, tmp_path):
     dataset, ids = setup["dataset"], setup["ids"]
     out = dict(out_model=tmp_path / "m.pt", out_history_csv=tmp_path / "m.csv", checkpoint_dir=tmp_path / "ck")
-    fast = dict(TRAIN, weights="random", epochs=1, batch_size=10)
+    fast = aff_cfg(weights="random", epochs=1, batch_size=10)
     partial = tmp_path / "partial"
     for image_id in ids[1:]:
         save_label_png(partial / f"{image_id}.png", dataset.load_mask(image_id), voc_palette())
     with pytest.raises(FileNotFoundError, match=f"{ids[0]}.png"):
-        train_affinity(dataset.root, "val", partial, **out, **fast)
+        train_affinity(dataset.root, "val", fast, label_dir=partial, **out)
     save_label_png(partial / f"{ids[0]}.png", np.zeros((9, 9), np.uint8), voc_palette())
     with pytest.raises(ValueError, match=f"{ids[0]}.png: label size 9x9"):
-        train_affinity(dataset.root, "val", partial, **out, **fast)
+        train_affinity(dataset.root, "val", fast, label_dir=partial, **out)
     with pytest.raises(ValueError, match="crop_size 44 must be a positive multiple of output_stride 8"):
-        train_affinity(dataset.root, "val", partial, **out, **dict(fast, crop_size=44))
+        train_affinity(dataset.root, "val", dict(fast, crop_size=44), label_dir=partial, **out)
     with pytest.raises(ValueError, match="radius"):
-        train_affinity(dataset.root, "val", partial, **out, **dict(fast, radius=1))
+        train_affinity(dataset.root, "val", dict(fast, radius=1), label_dir=partial, **out)
     assert not (tmp_path / "m.pt").exists()
 
 
@@ -232,7 +243,8 @@ def test_propagation_input_problems_name_the_file(setup, tmp_path, workers):
 def test_amp_training_and_walk_on_cuda(setup, tmp_path):
     dataset, store = setup["dataset"], setup["store"]
     out = dict(out_model=tmp_path / "g.pt", out_history_csv=tmp_path / "g.csv", checkpoint_dir=tmp_path / "ck")
-    summary = train_affinity(dataset.root, "val", setup["labels"], **out, **dict(TRAIN, amp=True), device="cuda")
+    summary = train_affinity(dataset.root, "val", aff_cfg(amp=True), label_dir=setup["labels"], **out,
+                             device="cuda")
     assert np.isfinite(summary["final_loss"])
     propagate_split(store, dataset.root, "val", tmp_path / "g.pt", tmp_path / "rw", tmp_path / "rw.h5", device="cuda",
                     workers=2)  # fmt: skip

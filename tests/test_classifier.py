@@ -13,8 +13,8 @@ from wsss_core.data.transforms import Augment
 from wsss_core.data.voc_layout import VOCDataset
 from wsss_core.models.classifier import load_classifier
 from wsss_core.train import checkpoint as checkpoint_module
-from wsss_core.train.classifier import method_settings, poly_lambda, train_classifier
-from wsss_core.train.loop import step_lambda
+from wsss_core.train.classifier import method_settings, train_classifier
+from wsss_core.train.loop import poly_lambda, step_lambda
 
 
 def tiny_cfg(**changes):

@@ -237,8 +237,8 @@ def test_coattention_training_logs_every_loss_term_and_loads_back(tiny_demo, tmp
     summary = train_classifier(tiny_demo, "train", cfg, **out)
     assert summary["images"] == len(VOCDataset(tiny_demo).ids("train"))  # every image is m once per epoch
     history = pd.read_csv(tmp_path / "h.csv")
-    assert list(history.columns) == ["epoch", "loss", "lr", "seconds", "loss_single", "loss_common", "loss_exclusive",
-                                     "loss_self"]  # fmt: skip
+    assert list(history.columns) == ["epoch", "loss", "loss_single", "loss_common", "loss_exclusive", "loss_self",
+                                     "lr", "seconds"]  # fmt: skip
     assert history["loss_exclusive"][0] == 0 and history["loss_exclusive"][1] > 0  # contrastive from epoch 1
     terms = history[["loss_single", "loss_common", "loss_exclusive", "loss_self"]].sum(axis=1)
     assert np.allclose(terms, history["loss"], atol=1e-4)

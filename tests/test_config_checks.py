@@ -1,24 +1,15 @@
 """Config values that would write outside data_dir / results_dir, or keys that contradict each other, fail
 when the workflow is parsed, naming the key, before anything is written or deleted."""
 
-import copy
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import REPO, run_snakemake
-from wsss_core.config_checks import is_plain_name, path_problems, relation_problems
+from wsss_core.config_checks import is_plain_name, merged, path_problems, relation_problems
 
 DEFAULTS = yaml.safe_load((REPO / "config.yaml").read_text())
-
-
-def merged(base, override):
-    """``override`` deep-merged over ``base``, as Snakemake merges --configfile files."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def config(**sections):

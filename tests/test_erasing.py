@@ -8,7 +8,7 @@ from wsss_core.cams.store import CAMReader, CAMStoreError, CAMWriter
 from wsss_core.data.voc_layout import VOCDataset
 from wsss_core.train.classifier import training_images
 from wsss_core.train.erasing import ErasedDataset
-from wsss_core.train.variants import canonical, parse_variant, without
+from wsss_core.plan import canonical, parse_variant, without
 
 FILL = (124, 116, 104)
 

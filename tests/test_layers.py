@@ -23,7 +23,7 @@ LAYERS = [
     {"pseudo"},
     {"refine"},
     {"train", "segmentation"},
-    {"report"},
+    {"report", "plan"},  # plan: the workflow's names for what every stage makes
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 

@@ -11,11 +11,11 @@ with logged(snakemake.log[0]), gpu_job(snakemake) as gpus:
         gpus,
         snakemake.input.root,
         p.split,
-        snakemake.input.labels,
+        dict(p.cfg),
+        label_dir=snakemake.input.labels,
         out_model=snakemake.output.model,
         out_history_csv=snakemake.output.history,
         checkpoint_dir=p.checkpoint_dir,
-        **p.train,
         threads=snakemake.threads,
     )
     print(summary)

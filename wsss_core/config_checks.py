@@ -1,6 +1,7 @@
-"""Checks of the workflow configuration that a JSON schema cannot express, run when the workflow is parsed.
+"""Checks of the workflow configuration, run when the workflow is parsed.
 
-The schema (config/schema.yaml) checks each value on its own. Two kinds of mistakes need the values together:
+:func:`apply_schema` checks each value on its own against the schema (config/schema.yaml) and fills in
+its defaults. Two kinds of mistakes need the values together:
 
 * output paths: a value that builds a path (``dataset.name``, the split names, ``data_dir``, ``results_dir``)
   must leave every output strictly inside ``data_dir`` or ``results_dir``. Snakemake deletes the outputs of a
@@ -10,11 +11,12 @@ The schema (config/schema.yaml) checks each value on its own. Two kinds of mista
   divide. Caught here, before any job starts, instead of as a torch error deep inside a training rule.
 
 Each function returns a list of problems, one line each, starting with the config key at fault.
-Standard library only: it runs inside Snakemake's own interpreter.
+It runs inside Snakemake's own interpreter: the standard library and Snakemake's own dependencies only.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from pathlib import Path
@@ -23,6 +25,56 @@ from pathlib import Path
 _PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 # Folders the workflow itself creates directly under data_dir (rules/data.smk).
 RESERVED_DATA_NAMES = ("downloads", "extracted")
+
+
+def apply_schema(cfg: dict, schema_path: str | os.PathLike) -> list[str]:
+    """Check ``cfg`` against the JSON schema at ``schema_path`` and fill in the defaults of the keys it lacks,
+    in one pass: every problem as a line ``config key <key>: <message>``.
+
+    A section whose default is ``{}`` is added and then filled with its own keys' defaults. Defaults are copies,
+    so that editing the config never edits the schema's values.
+    """
+    import jsonschema  # Snakemake's dependencies: this runs where Snakemake parses the workflow
+    import yaml
+
+    with open(schema_path) as f:
+        schema = yaml.safe_load(f)
+    check_properties = jsonschema.Draft202012Validator.VALIDATORS["properties"]
+
+    def fill_then_check(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for name, prop in properties.items():
+                if "default" in prop and name not in instance:
+                    instance[name] = copy.deepcopy(prop["default"])
+        yield from check_properties(validator, properties, instance, subschema)
+
+    validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"properties": fill_then_check})(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
+    return [f"config key {'.'.join(str(p) for p in e.absolute_path) or '(top level)'}: {e.message}" for e in errors]
+
+
+def merged(base: dict, override: dict) -> dict:
+    """``override`` deep-merged over a copy of ``base``, as Snakemake merges ``--configfile`` files."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(defaults: str | os.PathLike, files=(), schema: str | os.PathLike | None = None) -> dict:
+    """The workflow's config outside Snakemake (benchmarks, notebooks): ``defaults`` (config.yaml) with each
+    of ``files`` merged over it in order; with ``schema``, checked and completed by :func:`apply_schema`
+    (ValueError listing the problems)."""
+    import yaml
+
+    config = yaml.safe_load(Path(defaults).read_text())
+    for f in files:
+        config = merged(config, yaml.safe_load(Path(f).read_text()) or {})
+    if schema is not None:
+        problems = apply_schema(config, schema)
+        if problems:
+            raise ValueError("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+    return config
 
 
 def is_plain_name(name: object) -> bool:

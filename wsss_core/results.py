@@ -10,7 +10,7 @@ report it; each stage's own outputs keep full precision.
 
 With a ``reference`` method (the network trained on the ground-truth masks), rows on the
 reference's split gain ``pct_of_fully_supervised`` = 100 * mIoU / the reference's mIoU: how
-much of the fully-supervised upper bound the weak labels reach with the same budget.
+much of the fully-supervised reference the weak labels reach with the same budget.
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ classes (an image can hold several classes; a pixel can be evidence for more tha
   together and pushes them apart across colour edges, so CAM contours follow image edges. p holds
   sigmoid(logit) of the labelled classes (each normalised on its own) and background = 1 - max of them.
   The squared distance matters: its gradient vanishes for equal maps, so a colour edge inside a
-  uniformly scored region only sharpens differences the classifier already made. With |p_i - p_j| (a
-  first version) every textured region was torn apart at full strength: on voc_coseg photos 68 % of the
-  window's pairs lie above the colour threshold, and the CAMs fell from 29.8 to 13.9 mIoU (README).
-  Distances follow the reference code (L1 colours over 3 channels, squared L2 maps, weight 0.2).
+  uniformly scored region only sharpens differences the classifier already made, whereas |p_i - p_j|
+  tears every textured region apart at full strength (on photos most of a window's pairs lie above the
+  colour threshold; docs/results.md). Distances follow the reference code (L1 colours over 3 channels,
+  squared L2 maps, weight 0.2).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What the co-attention classifier learns from: pairs of images sharing a class, plus self-pairs.
 
-:class:`CoAttentionObjective` plugs into the classifier trainer (``train/classifier.py``),
-which owns the loop, optimizer, schedule and checkpoints. Per step, for a batch of pairs (m, n):
+:class:`CoAttentionObjective` is the classifier trainer's (``train/classifier.py``) objective for
+the training engine (``train/engine.py``), which owns the loop, optimizer, schedule and checkpoints. Per step, for a batch of pairs (m, n):
 
 * the pair loss of :func:`wsss_core.models.coattention.pair_loss` (single-image, co-attention
   and, from epoch ``contrastive_from_epoch`` on, contrastive co-attention terms);
@@ -26,6 +26,7 @@ from wsss_core.data.transforms import Augment
 from wsss_core.data.voc_layout import VOCDataset
 from wsss_core.models.coattention import CoAttentionNet, domain_pair, pair_loss
 from wsss_core.train.addons import add_terms
+from wsss_core.train.engine import Objective
 
 
 @dataclass
@@ -72,7 +73,7 @@ def grouped_pair_logits(model: CoAttentionNet, f_m, f_n, keys: list[str]) -> dic
     return out
 
 
-class CoAttentionObjective:
+class CoAttentionObjective(Objective):
     """Data and loss of co-attention training (see the module docstring)."""
 
     def __init__(self, sources: list[ImageSource], augment: Augment, cfg: dict, addons: list = ()):
@@ -102,7 +103,7 @@ class CoAttentionObjective:
             out.append(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
         return out
 
-    def loss(self, model: CoAttentionNet, batch, epoch: int, progress: float, device: torch.device) -> dict:
+    def forward(self, model: CoAttentionNet, batch, epoch: int, progress: float, device: torch.device) -> dict:
         x_m, x_n, l_m, l_n, pair_index, self_index = (t.to(device, non_blocking=True) for t in batch)
         keys = [self.pair_names[i] for i in pair_index.tolist()]
         self_keys = [self.pair_names[i] for i in self_index.tolist()]

@@ -1,8 +1,7 @@
-"""Pieces every training stage shares: optimizers with a new-layer rate, LR schedules, AMP steps, history CSV.
-
-Each trainer (classifier, segmentation, ...) keeps its own loop, data and loss; what is
-here has no idea what is being trained. Mixed precision is CUDA-only: on the CPU,
-``autocast`` and the gradient scaler are disabled and a step is a plain fp32 step.
+"""Pieces of the training engine (``train/engine.py``): optimizers with a new-layer rate, LR schedules,
+AMP steps, the checkpointed schedule state, history CSV. What is here has no idea what is being trained.
+Mixed precision is CUDA-only: on the CPU, ``autocast`` and the gradient scaler are disabled and a step
+is a plain fp32 step.
 """
 
 from __future__ import annotations
@@ -71,13 +70,6 @@ def make_optimizer(name: str, pretrained: list[nn.Parameter], new: list[nn.Param
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}, use one of {', '.join(OPTIMIZERS)}")
-
-
-def sgd_two_groups(pretrained: list[nn.Parameter], new: list[nn.Parameter], *, lr: float, new_layer_lr_mult: float,
-                   momentum: float, weight_decay: float) -> torch.optim.SGD:  # fmt: skip
-    """SGD with momentum; layers trained from scratch (``new``) at ``new_layer_lr_mult`` times ``lr``."""
-    return make_optimizer("sgd", pretrained, new, lr=lr, new_layer_lr_mult=new_layer_lr_mult, momentum=momentum,
-                          weight_decay=weight_decay)  # fmt: skip
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

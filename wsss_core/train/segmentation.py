@@ -1,11 +1,11 @@
-"""Final stage: train a DeepLab segmenter on pseudo labels (or on the ground-truth masks, as an upper bound).
+"""Final stage: train a DeepLab segmenter on pseudo labels (or on the ground-truth masks, as a reference).
 
 Per-pixel cross-entropy over the classes incl. background, with 255 (void: pseudo-label
-"don't know" regions, mask borders, crop padding) excluded; SGD with momentum or AdamW, a poly or
-cosine LR per step after an optional linear warm-up (train/loop.py), heads (and VGG's fc6/fc7) at
-``new_layer_lr_mult`` times the backbone's rate;
-checkpointed every epoch and resumed after a kill to the same weights as an uninterrupted
-run. Every hyper-parameter comes from the ``segmentation`` section of the config.
+"don't know" regions, mask borders, crop padding) excluded. The loop is ``train/engine.py``'s: SGD
+with momentum or AdamW, a poly or cosine LR per step after an optional linear warm-up, heads (and
+VGG's fc6/fc7) at ``new_layer_lr_mult`` times the backbone's rate; checkpointed every epoch and
+resumed after a kill to the same weights as an uninterrupted run. Every hyper-parameter comes from
+the ``segmentation`` section of the config.
 
 The loss is the mean over the batch's non-void pixels. A batch without any is not an
 error: its loss is 0 with zero gradient (the optimizer still applies momentum and weight
@@ -15,8 +15,6 @@ decay), where ``F.cross_entropy`` would return NaN and poison the weights.
 from __future__ import annotations
 
 import hashlib
-import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +22,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from wsss_core.data.joint_transforms import JointAugment
 from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset
 from wsss_core.models.deeplab import SEG_ARCH_KEYS, build_segmenter
-from wsss_core.train.checkpoint import fingerprint, resume, save_epoch, save_final, seed_everything
-from wsss_core.train.distributed import setup
-from wsss_core.train.loop import (StateBundle, autocast, grad_scaler, make_optimizer, memory_format,
-                                  optimizer_step, schedule_lambda)  # fmt: skip
-
-log = logging.getLogger(__name__)
+from wsss_core.train.engine import Engine, Objective
 
 CONFIG_KEYS = (
     "model", "backbone", "weights", "weights_dir", "output_stride", "aspp_channels", "frozen_bn", "epochs",
@@ -127,6 +119,28 @@ def _check_config(cfg: dict) -> None:
         raise ValueError(f"config key segmentation.input_scale must be > 0, got {cfg['input_scale']}")
 
 
+class SegmentationObjective(Objective):
+    """Per-pixel cross-entropy of the network's logits (:func:`segmentation_loss`); pixel accuracy in the history."""
+
+    def __init__(self, data: LabelledPixels, ctx):
+        self.data, self.ctx = data, ctx
+
+    def forward(self, model, batch, epoch: int, progress: float, device: torch.device) -> torch.Tensor:
+        return model(batch[0].to(device, non_blocking=True))
+
+    def loss(self, logits, batch, device: torch.device) -> tuple[dict, dict]:
+        labels = batch[1].to(device, non_blocking=True)
+        mean_over = None
+        if self.ctx.world > 1:  # the global batch's non-void pixels, shared out over the processes
+            mean_over = self.ctx.sum({"valid": int((labels != IGNORE_INDEX).sum())})["valid"] / self.ctx.world
+        loss, correct, valid = segmentation_loss(logits, labels, mean_over)
+        return {"total": loss}, {"correct": correct, "valid": valid}
+
+    def metrics(self, counts: dict) -> dict:
+        valid = counts.get("valid", 0)
+        return {"pixel_acc": round(counts["correct"] / valid, 6) if valid else float("nan")}
+
+
 def train_segmentation(dataset_root, split: str, cfg: dict, *, label_dir=None, out_model, out_history_csv,
                        checkpoint_dir, threads: int = 1, device: str = "auto") -> dict:  # fmt: skip
     """Train on ``split`` with labels from ``label_dir`` (None: the masks) and the config section ``cfg``."""
@@ -142,77 +156,26 @@ def train_segmentation(dataset_root, split: str, cfg: dict, *, label_dir=None, o
             raise FileNotFoundError(f"{missing[0]}: mask missing ({len(missing)} of split '{split}' missing)")
     else:
         labels_source, labels_hash = str(label_dir), label_fingerprint(Path(label_dir), ids)
-    ctx = setup(device)  # one process, or one rank of a data-parallel job (train/distributed.py)
-    device = ctx.device
-    torch.set_num_threads(max(1, threads // ctx.world))
-    seed_everything(cfg["seed"])
+    engine = Engine("segmentation", cfg, threads=threads, device=device)
 
     arch = {k: cfg[k] for k in SEG_ARCH_KEYS}
     model = build_segmenter(arch, ds.num_classes, weights=cfg["weights"], weights_dir=cfg["weights_dir"],
                             frozen_bn=cfg["frozen_bn"])  # fmt: skip
-    model = model.to(device, memory_format=memory_format(device, cfg["channels_last"]))
-    net = ctx.wrap(model)  # what runs the forward: DDP around the model when there are several processes
     scale_range = tuple(s * cfg["input_scale"] for s in cfg["scale_range"])
     augment = JointAugment(cfg["crop_size"], scale_range, tuple(model.mean), tuple(model.std),
                            flip=cfg["flip"], color_jitter=cfg["color_jitter"])  # fmt: skip
     data = LabelledPixels(ds, ids, augment, label_dir)
-    batch_size = min(cfg["batch_size"], len(data))
-    if cfg["model"] == "deeplab_v3plus" and batch_size < 2:
+    if cfg["model"] == "deeplab_v3plus" and min(cfg["batch_size"], len(data)) < 2:
         raise ValueError(f"config key segmentation.batch_size: deeplab_v3plus trains BatchNorm in its image-pooling "
-                         f"branch and needs >= 2 images per batch, got {batch_size} ({len(data)} images)")  # fmt: skip
-    ctx.per_process_batch(batch_size, "segmentation.batch_size")
-    steps_per_epoch = len(data) // batch_size
-    total_steps = steps_per_epoch * cfg["epochs"]
+                         f"branch and needs >= 2 images per batch, got {min(cfg['batch_size'], len(data))} "
+                         f"({len(data)} images)")  # fmt: skip
 
-    pretrained, new = model.param_groups()
-    optimizer = make_optimizer(cfg["optimizer"], pretrained, new, lr=cfg["lr"], new_layer_lr_mult=cfg["new_layer_lr_mult"],
-                               momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])  # fmt: skip
-    factor = schedule_lambda(cfg["lr_schedule"], total_steps, warmup_steps=cfg["warmup_steps"],
-                             poly_power=cfg["poly_power"])  # fmt: skip
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    scaler = grad_scaler(device, cfg["amp"], cfg["amp_dtype"])
-    schedule = StateBundle(scheduler=scheduler, scaler=scaler)
-
-    settings_hash = fingerprint({"cfg": cfg, "split": split, "ids": ids, "classes": ds.classes,
-                                 "labels": labels_source, "labels_sha256": labels_hash})  # fmt: skip
-    checkpoint = Path(checkpoint_dir) / "last.pt"
-    history, start_epoch = resume(checkpoint, settings_hash, model=model, optimizer=optimizer, scheduler=schedule)
-    if start_epoch:
-        log.info("resumed from %s after epoch %d", checkpoint, start_epoch)
-    ctx.decorrelate(cfg["seed"], start_epoch)
-    log.info("training %s/%s on %d images of '%s' (labels: %s), %d epochs x %d steps, device %s, %d process(es)",
-             cfg["model"], cfg["backbone"], len(data), split, labels_source, cfg["epochs"], steps_per_epoch, device,
-             ctx.world)  # fmt: skip
-
-    for epoch in range(start_epoch, cfg["epochs"]):
-        loader = ctx.loader(data, batch_size, shuffle=True, seed=cfg["seed"], epoch=epoch, num_workers=cfg["num_workers"])
-        model.train()
-        start, total, seen, correct, valid = time.perf_counter(), 0.0, 0, 0, 0
-        for images, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", mininterval=10, ascii=True,
-                                   disable=not ctx.is_main):  # fmt: skip
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with autocast(device, cfg["amp"], cfg["amp_dtype"]):
-                logits = net(images)
-            mean_over = None
-            if ctx.world > 1:  # the global batch's non-void pixels, shared out over the processes
-                mean_over = ctx.sum({"valid": int((labels != IGNORE_INDEX).sum())})["valid"] / ctx.world
-            loss, n_correct, n_valid = segmentation_loss(logits, labels, mean_over)
-            optimizer_step(loss, optimizer, scaler, scheduler)
-            total, seen = total + loss.item() * len(images), seen + len(images)
-            correct, valid = correct + n_correct, valid + n_valid
-        sums = ctx.sum({"total": total, "seen": seen, "correct": correct, "valid": valid})
-        total, seen, correct, valid = sums["total"], sums["seen"], sums["correct"], sums["valid"]
-        record = {"epoch": epoch + 1, "loss": round(total / max(seen, 1), 6),
-                  "pixel_acc": round(correct / valid, 6) if valid else float("nan"),
-                  "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
-        history.append(record)
-        log.info("epoch %d: loss %.4f, pixel acc %.4f, %.1f s", record["epoch"], record["loss"],
-                 record["pixel_acc"], record["seconds"])  # fmt: skip
-        save_epoch(ctx, checkpoint, model=model, optimizer=optimizer, scheduler=schedule, epoch=epoch + 1,
-                   settings_hash=settings_hash, history=history)  # fmt: skip
-
+    run = {"cfg": cfg, "split": split, "ids": ids, "classes": ds.classes, "labels": labels_source,
+           "labels_sha256": labels_hash}  # fmt: skip
     meta = {"arch": arch, "classes": list(ds.classes), "mean": list(model.mean), "std": list(model.std),
             "stride": model.stride, "split": split, "labels": labels_source, "config": cfg}  # fmt: skip
-    save_final(ctx, out_model, model, meta, out_history_csv, history, checkpoint)
+    what = f"{cfg['model']}/{cfg['backbone']} on {len(data)} images of '{split}' (labels: {labels_source})"
+    history = engine.fit(model, SegmentationObjective(data, engine.ctx), run=run, meta=meta, out_model=out_model,
+                         out_history_csv=out_history_csv, checkpoint_dir=checkpoint_dir, what=what)  # fmt: skip
     return {"images": len(data), "epochs": cfg["epochs"], "final_loss": history[-1]["loss"],
             "final_pixel_acc": history[-1]["pixel_acc"]}  # fmt: skip

@@ -1,6 +1,6 @@
 """Score one trained segmentation network under each test-time option and print the figures side by side.
 
-    python benchmarks/test_time_options.py --configfile config/voc_coseg.yaml \\
+    python benchmarks/quality/test_time_options.py --configfile config/voc_coseg.yaml \\
         --model results/voc_coseg/segmentation/cam+saliency/model.pt --out /tmp/tta [--threads 2]
 
 The options are the ``evaluation`` keys the rule predict_segmentation reads: ``scales`` (multi-scale
@@ -16,9 +16,11 @@ import argparse
 import time
 from pathlib import Path
 
-from cam_stages import merged_config  # this folder is on sys.path when run as a script
+from wsss_core.config_checks import load_config
 from wsss_core.label_maps import evaluate_label_dir
 from wsss_core.segmentation.predict import predict_split
+
+REPO = Path(__file__).resolve().parents[2]
 
 # name -> (scales, flip, crf): single scale first, then each option added on its own, then together
 OPTIONS = {
@@ -42,7 +44,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=list(OPTIONS), help="options to run (default: all)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    cfg = merged_config(args.configfile)
+    cfg = load_config(REPO / "config.yaml", args.configfile)
     root, split, out = args.root or cfg["dataset"]["root"], cfg["dataset"]["eval_split"], Path(args.out)
     print(f"model: {args.model}, {split} split of {root}", flush=True)
     rows = []

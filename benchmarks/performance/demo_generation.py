@@ -2,7 +2,7 @@
 
 Prints figures only; it asserts nothing about time, which depends on the machine.
 
-    python benchmarks/demo_generation.py [--workers N] [--repeat R]
+    python benchmarks/performance/demo_generation.py [--workers N] [--repeat R]
 """
 
 from __future__ import annotations

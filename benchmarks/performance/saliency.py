@@ -1,6 +1,6 @@
 """Time U²-Netp saliency per image and, where masks exist, its foreground IoU; prints a table.
 
-    python benchmarks/saliency.py --root ../shared/data/voc_samples --split samples [--device auto] [--threads 1]
+    python benchmarks/performance/saliency.py --root ../shared/data/voc_samples --split samples [--device auto] [--threads 1]
 
 Runs the functions the saliency stage uses (open_u2netp, predict_saliency) image by image, so
 the seconds are the model's (decode excluded). IoU: saliency > 0.5 vs GT foreground (GT > 0),

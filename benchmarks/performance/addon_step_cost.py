@@ -1,6 +1,6 @@
 """Cost of the classifier add-ons: time of one training step (forward + backward) per variant, in one run.
 
-    python benchmarks/addon_step_cost.py [--crop 128] [--batch 16] [--steps 10] [--device cpu|cuda]
+    python benchmarks/performance/addon_step_cost.py [--crop 128] [--batch 16] [--steps 10] [--device cpu|cuda]
 
 Builds the EfficientNet-Lite0 CAM classifier (random weights: the cost does not depend on them) and times
 SGD steps of the plain CAM loss and of each loss add-on (puzzle, binomial, both) on the same random batch,
@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from wsss_core.train.addons import loss_addons
 from wsss_core.models.classifier import build_classifier
+from wsss_core.train.addons import loss_addons
 from wsss_core.train.classifier import CAMObjective, architecture
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            loss = objective.loss(model, (images, labels), 0, step / (args.steps + 2), device)["total"]
+            loss = objective.forward(model, (images, labels), 0, step / (args.steps + 2), device)["total"]
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

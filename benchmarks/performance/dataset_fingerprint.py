@@ -1,6 +1,6 @@
 """Time the parse-time dataset fingerprint (wsss_core/data/fingerprint.py) on a VOC-sized dataset folder.
 
-    python benchmarks/dataset_fingerprint.py [--train 10582] [--val 1449] [--image-kb 110] [--mask-kb 3]
+    python benchmarks/performance/dataset_fingerprint.py [--train 10582] [--val 1449] [--image-kb 110] [--mask-kb 3]
 
 Builds a throw-away folder in the VOC layout with ``--train`` + ``--val`` images (random bytes of PASCAL VOC's
 mean file sizes: the fingerprint reads bytes, it never decodes) and masks, then times

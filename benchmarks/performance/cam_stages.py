@@ -1,6 +1,6 @@
 """Time the classifier and CAM stages outside Snakemake, on any device, and print the figures.
 
-    python benchmarks/cam_stages.py --configfile config/voc_coseg.yaml --out /tmp/bench [--root DIR]
+    python benchmarks/performance/cam_stages.py --configfile config/voc_coseg.yaml --out /tmp/bench [--root DIR]
 
 Runs the same wsss_core functions the rules call (train_classifier -> infer_cams ->
 evaluate_cams) with config.yaml deep-merged with the given files, and prints the device,
@@ -16,25 +16,13 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from wsss_core.cams.evaluate import evaluate_cams, threshold_grid
 from wsss_core.cams.infer import infer_cams
+from wsss_core.config_checks import load_config
 from wsss_core.train.classifier import train_classifier
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def merged_config(files: list[str]) -> dict:
-    def merge(base: dict, over: dict) -> dict:
-        for key, value in over.items():
-            base[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
-        return base
-
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    for f in files:
-        config = merge(config, yaml.safe_load(Path(f).read_text()))
-    return config
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
@@ -44,7 +32,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    cfg = merged_config(args.configfile)
+    cfg = load_config(REPO / "config.yaml", args.configfile)
     root = args.root or cfg["dataset"]["root"]
     split, out = cfg["dataset"]["train_split"], Path(args.out)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,6 +1,6 @@
 """Pseudo-label rules on the training photos, split into single-label and multi-label photos, side by side.
 
-    python benchmarks/saliency_label_rules.py --configfile config/voc_coseg.yaml \\
+    python benchmarks/quality/saliency_label_rules.py --configfile config/voc_coseg.yaml \\
         --results results/voc_coseg [--cams cam]
 
 Reads the CAM store and the saliency store a workflow run left in ``--results`` and scores, against the
@@ -20,12 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cam_stages import merged_config  # this folder is on sys.path when run as a script
 from wsss_core.cams.store import CAMReader
+from wsss_core.config_checks import load_config
 from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset
 from wsss_core.metrics import confusion_matrix, miou
 from wsss_core.pseudo.saliency_labels import saliency_only_label, saliency_pseudo_label
 from wsss_core.pseudo.saliency_store import SaliencyReader
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def band_control(lo: float, hi: float):
@@ -75,7 +77,7 @@ def main() -> None:
     parser.add_argument("--results", required=True, help="results/<name> of a workflow run with CAMs and saliency")
     parser.add_argument("--cams", default="cam", help="CAM store name under <results>/cams (default: cam)")
     args = parser.parse_args()
-    cfg = merged_config(args.configfile)
+    cfg = load_config(REPO / "config.yaml", args.configfile)
     dataset = VOCDataset(args.root or cfg["dataset"]["root"])
     split, n = cfg["dataset"]["train_split"], len(dataset.classes)
     rows = candidates(cfg["pseudo_labels"]["saliency_recipe"])

@@ -1,6 +1,6 @@
 """Does a classifier variant's training collapse? The first steps of a training, with the spread of its maps.
 
-    python benchmarks/feature_collapse.py [--root data/demo] [--variant cam+puzzle] [--lr LR]
+    python benchmarks/quality/feature_collapse.py [--root data/demo] [--variant cam+puzzle] [--lr LR]
         [--steps 60] [--every 10] [--alpha 1] [--warmup 0] [--new-layer-lr-mult 10] [--[no-]frozen-bn]
         [--crop 128] [--resize-long 96 160] [--threads 2]
 
@@ -27,13 +27,13 @@ import yaml
 
 from wsss_core.data.transforms import Augment
 from wsss_core.data.voc_layout import VOCDataset
-from wsss_core.train.addons import loss_addons
 from wsss_core.models.classifier import build_classifier
+from wsss_core.plan import parse_variant
+from wsss_core.train.addons import loss_addons
 from wsss_core.train.classifier import CAMObjective, LabelledImages, architecture, method_settings
-from wsss_core.train.loop import poly_lambda, sgd_two_groups
-from wsss_core.train.variants import parse_variant
+from wsss_core.train.loop import make_optimizer, poly_lambda
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def spreads(model, images, labels) -> tuple[float, float]:
@@ -87,7 +87,7 @@ def main() -> None:
     objective = CAMObjective(data, loss_addons(cfg, bb.stride, bb.mean, bb.std))
     loader = torch.utils.data.DataLoader(data, args.batch, shuffle=True, drop_last=True)
     total = len(loader) * args.epochs
-    optimizer = sgd_two_groups(*model.param_groups(), lr=args.lr, new_layer_lr_mult=args.new_layer_lr_mult,
+    optimizer = make_optimizer("sgd", *model.param_groups(), lr=args.lr, new_layer_lr_mult=args.new_layer_lr_mult,
                                momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])  # fmt: skip
     poly = poly_lambda(total, cfg["poly_power"])
     warmup = max(args.warmup, 1)
@@ -98,7 +98,7 @@ def main() -> None:
     sums, start = {}, time.perf_counter()
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
     for step, (images, labels) in enumerate(itertools.islice(batches, args.steps), start=1):
-        terms = objective.loss(model, (images, labels), 0, (step - 1) / total, torch.device("cpu"))
+        terms = objective.forward(model, (images, labels), 0, (step - 1) / total, torch.device("cpu"))
         optimizer.zero_grad()
         terms["total"].backward()
         optimizer.step()

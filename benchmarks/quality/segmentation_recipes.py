@@ -1,6 +1,6 @@
 """Compare segmentation training recipes at an equal number of steps and print each one's val mIoU.
 
-    python benchmarks/segmentation_recipes.py --configfile config/voc_coseg.yaml --out /tmp/seg_recipes \\
+    python benchmarks/quality/segmentation_recipes.py --configfile config/voc_coseg.yaml --out /tmp/seg_recipes \\
         [--labels results/voc_coseg/pseudo_labels/cam/confident/train_aug] [--only sgd_poly adamw_cosine] \\
         [--epochs 2] [--crop 192] [--threads 2]
 
@@ -19,10 +19,12 @@ from pathlib import Path
 
 import torch
 
-from cam_stages import merged_config  # this folder is on sys.path when run as a script
+from wsss_core.config_checks import load_config
 from wsss_core.label_maps import evaluate_label_dir
 from wsss_core.segmentation.predict import predict_split
 from wsss_core.train.segmentation import train_segmentation
+
+REPO = Path(__file__).resolve().parents[2]
 
 ADAMW = {"optimizer": "adamw", "lr": 0.0001, "new_layer_lr_mult": 10, "weight_decay": 0.0001, "lr_schedule": "cosine"}
 CANDIDATES = {
@@ -50,7 +52,7 @@ def main() -> None:
     parser.add_argument("--crop", type=int, help="crop size of every candidate (default: the config's)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    cfg = merged_config(args.configfile)
+    cfg = load_config(REPO / "config.yaml", args.configfile)
     root, out = args.root or cfg["dataset"]["root"], Path(args.out)
     train_split, eval_split = cfg["dataset"]["train_split"], cfg["dataset"]["eval_split"]
     base = dict(cfg["segmentation"])

@@ -1,6 +1,6 @@
 """Peak memory and time of the sparse vs the dense (feature-stride) random walk on one 500 x 375 image.
 
-    python benchmarks/random_walk_memory.py [--threads 1] [--image PATH] [--random-embedding]
+    python benchmarks/performance/random_walk_memory.py [--threads 1] [--image PATH] [--random-embedding]
 
 The embedding is AffinityNet's (EfficientNet-Lite0, ImageNet backbone, untrained head, stride 8)
 of a real 500 x 375 photo from ../shared/data/voc_samples when present, else random: the walk's
@@ -29,7 +29,7 @@ from wsss_core.models.affinitynet import build_affinitynet
 from wsss_core.refine.propagate import embed_image
 from wsss_core.refine.random_walk import dense_full_resolution_bytes, pair_indices, propagate_cams
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PHOTO = REPO.parent / "shared" / "data" / "voc_samples" / "JPEGImages" / "2011_000025.jpg"
 HEIGHT, WIDTH, STRIDE = 375, 500, 8
 WALK = dict(stride=STRIDE, radius=5, beta=8, logt=8, alpha=16)

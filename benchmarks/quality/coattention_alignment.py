@@ -1,6 +1,6 @@
 """Where does a co-attention classifier look? Attention of image n on a reference r, against the GT masks.
 
-    python benchmarks/coattention_alignment.py --model results/demo_coattention/classifier/coattention/model.pt \\
+    python benchmarks/quality/coattention_alignment.py --model results/demo_coattention/classifier/coattention/model.pt \\
         --root data/demo_coattention [--images 128] [--init]
 
 For the first ``images`` images n of the split (masks needed) and each labelled class k, one

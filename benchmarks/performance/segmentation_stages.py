@@ -1,6 +1,6 @@
 """Time the segmentation stages outside Snakemake, from an existing pseudo-label folder, and print the figures.
 
-    python benchmarks/segmentation_stages.py --configfile config/voc_coseg.yaml \\
+    python benchmarks/performance/segmentation_stages.py --configfile config/voc_coseg.yaml \\
         --pseudo-labels results/voc_coseg/pseudo_labels/cam/train_aug --out /tmp/seg_bench [--root DIR]
 
 Runs the functions the rules call - train_segmentation -> predict_split -> evaluate_label_dir -
@@ -19,10 +19,12 @@ from pathlib import Path
 
 import torch
 
-from cam_stages import merged_config  # this folder is on sys.path when run as a script
+from wsss_core.config_checks import load_config
 from wsss_core.label_maps import evaluate_label_dir
 from wsss_core.segmentation.predict import predict_split
 from wsss_core.train.segmentation import train_segmentation
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
@@ -33,7 +35,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    cfg = merged_config(args.configfile)
+    cfg = load_config(REPO / "config.yaml", args.configfile)
     root, out = args.root or cfg["dataset"]["root"], Path(args.out)
     train_split, eval_split = cfg["dataset"]["train_split"], cfg["dataset"]["eval_split"]
     ev = cfg["evaluation"]

@@ -1,6 +1,6 @@
 """Cost of multi-round co-attentive CAM inference relative to single-round inference, measured in one run.
 
-    python benchmarks/coattentive_cams.py --model results/demo/classifier/coattention/model.pt \\
+    python benchmarks/performance/coattentive_cams.py --model results/demo/classifier/coattention/model.pt \\
         --root data/demo --out /tmp/coatt_bench [--configfile ...] [--references 3] [--repeats 2]
 
 Times, on the same model, data and device, alternating ``repeats`` times:
@@ -23,9 +23,11 @@ from pathlib import Path
 
 import torch
 
-from cam_stages import merged_config  # this folder is on sys.path when run as a script
 from wsss_core.cams.coattention import coattentive_cams
 from wsss_core.cams.infer import infer_cams
+from wsss_core.config_checks import load_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
@@ -39,7 +41,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    cfg = merged_config(args.configfile)
+    cfg = load_config(REPO / "config.yaml", args.configfile)
     c = cfg["cams"]
     split = args.split or cfg["dataset"]["train_split"]
     references = args.references or c["references"]

@@ -1,6 +1,6 @@
 """Print the wall time and peak memory of every rule of a finished run, from Snakemake's benchmark files.
 
-    python benchmarks/rule_times.py results/demo
+    python benchmarks/performance/rule_times.py results/demo
 
 Every rule writes ``<results>/<name>/benchmarks/<topic>/<rule>.tsv`` (its ``benchmark:``
 directive); this gathers them into one table, slowest first, with the sum of the
