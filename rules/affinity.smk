@@ -79,9 +79,7 @@ rule random_walk:
         dataset=dataset_parts("train_labels", "train_images"),
         code=code("refine/propagate.py"),
     output:
-        labels=directory(
-            RESULTS / "pseudo_labels" / MAIN_CAMS / "random_walk" / CAM_SPLIT
-        ),
+        labels=directory(RESULTS / "pseudo_labels" / MAIN_CAMS / "random_walk" / CAM_SPLIT),
         cams=cam_store(RW_CAMS),
     log:
         LOGS / "affinity" / f"random_walk_{MAIN_CAMS}.log",

@@ -55,9 +55,7 @@ rule train_erasing_round:
         dataset=dataset_parts("train_labels", "train_images"),
         extra=lambda wildcards: PLAN.extra_image_roots(wildcards.variant),
         # the earlier rounds' CAM stores: the regions to erase
-        erase=lambda wildcards: round_stores(
-            wildcards.variant, int(wildcards.round) - 1
-        ),
+        erase=lambda wildcards: round_stores(wildcards.variant, int(wildcards.round) - 1),
         code=lambda wildcards: classifier_code(wildcards.variant),
     output:
         model=CLS_DIR / "{variant}_round{round}" / "model.pt",
@@ -84,8 +82,6 @@ rule train_erasing_round:
     params:
         cfg=lambda wildcards: PLAN.classifier_config(wildcards.variant),
         split=DATASET["train_split"],
-        checkpoint_dir=lambda wildcards: CLS_DIR
-        / f"{wildcards.variant}_round{wildcards.round}"
-        / "checkpoints",
+        checkpoint_dir=lambda wildcards: CLS_DIR / f"{wildcards.variant}_round{wildcards.round}" / "checkpoints",
     script:
         "../workflow_scripts/train_classifier.py"

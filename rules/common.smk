@@ -12,16 +12,11 @@ from wsss_core.workflow import module_sources
 REPO = Path(workflow.basedir)
 _problems = apply_schema(config, REPO / "config" / "schema.yaml")  # also fills the schema's defaults
 if _problems:
-    raise WorkflowError(
-        "invalid configuration (see config/schema.yaml):\n"
-        + "\n".join(f"  {p}" for p in _problems)
-    )
+    raise WorkflowError("invalid configuration (see config/schema.yaml):\n" + "\n".join(f"  {p}" for p in _problems))
 # what the schema cannot say: output paths stay inside data_dir / results_dir, related keys agree
 _problems = path_problems(config, os.getcwd()) + relation_problems(config)
 if _problems:
-    raise WorkflowError(
-        "invalid configuration:\n" + "\n".join(f"  {p}" for p in _problems)
-    )
+    raise WorkflowError("invalid configuration:\n" + "\n".join(f"  {p}" for p in _problems))
 try:
     PLAN = Plan(config)
 except ValueError as err:
@@ -139,9 +134,7 @@ def saliency_folder():
         return []
     folder = Path(SALIENCY["source"])
     if not folder.is_dir():
-        raise WorkflowError(
-            f"config key saliency.source: {folder} is neither 'u2netp' nor a folder of saliency PNGs"
-        )
+        raise WorkflowError(f"config key saliency.source: {folder} is neither 'u2netp' nor a folder of saliency PNGs")
     return folder
 
 

@@ -65,11 +65,7 @@ rule make_saliency_pseudo_labels:
     params:
         split=CAM_SPLIT,
         recipe=lambda w: PLAN.saliency_recipe_settings(w.recipe),
-        crf=lambda w: (
-            config["crf"]
-            if PSEUDO["saliency_recipe"]["crf"] and w.recipe != "saliency_only"
-            else None
-        ),
+        crf=lambda w: (config["crf"] if PSEUDO["saliency_recipe"]["crf"] and w.recipe != "saliency_only" else None),
     script:
         "../workflow_scripts/make_saliency_pseudo_labels.py"
 
@@ -88,9 +84,7 @@ rule evaluate_pseudo_labels:
             subcategory="{recipe}",
             caption="../report/pseudo_labels.rst",
         ),
-        summary_row=RESULTS
-        / "summary_rows"
-        / f"pseudo_labels_{MAIN_CAMS}_{{recipe}}.csv",
+        summary_row=RESULTS / "summary_rows" / f"pseudo_labels_{MAIN_CAMS}_{{recipe}}.csv",
     log:
         LOGS / "pseudo_labels" / f"evaluate_{MAIN_CAMS}_{{recipe}}.log",
     benchmark:

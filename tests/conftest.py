@@ -49,8 +49,16 @@ def copy_workflow(dest: Path) -> Path:
 
 def run_snakemake(workdir: Path, *args: str, check: bool = True, repo: Path = REPO) -> subprocess.CompletedProcess:
     """Run the workflow of ``repo`` (default: this one) in ``workdir`` (results, data, .snakemake stay there)."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),
-           "--directory", str(workdir), *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(repo / "Snakefile"),
+        "--directory",
+        str(workdir),
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -67,7 +75,7 @@ def plan(out):
     for i, line in enumerate(lines):
         if job := re.fullmatch(r"(?:local)?rule (\w+):", line):
             fields = {}
-            for field in lines[i + 1:]:
+            for field in lines[i + 1 :]:
                 if not field.startswith("    "):
                     break
                 key, _, value = field.strip().partition(": ")
@@ -75,7 +83,7 @@ def plan(out):
             reasons = (part.partition(": ") for part in fields["reason"].split("; "))
             jobs[job[1], fields.get("wildcards", "")] = {kind: detail for kind, _, detail in reasons}
     if "Reasons:" in lines:
-        rest = lines[lines.index("Reasons:") + 2:]  # after "(check individual jobs above for details)"
+        rest = lines[lines.index("Reasons:") + 2 :]  # after "(check individual jobs above for details)"
         for heading, rules in zip(rest[::2], rest[1::2]):
             if not (heading.startswith("    ") and heading.endswith(":") and rules.startswith("        ")):
                 break

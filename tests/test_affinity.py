@@ -20,16 +20,44 @@ from wsss_core.train.affinity import train_affinity
 
 # Max-CAM values well away from the two cut points, ~0.2755 (alpha 4) and ~0.0770 (alpha 32).
 VALUES = np.array([0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.35, 0.5, 0.8, 1.0])
-TRAIN = dict(weights="imagenet", epochs=2, batch_size=5, crop_size=48, scale_range=(0.9, 1.1), color_jitter=0.0,
-             lr=0.01, amp=False)  # fmt: skip
+TRAIN = dict(
+    weights="imagenet",
+    epochs=2,
+    batch_size=5,
+    crop_size=48,
+    scale_range=(0.9, 1.1),
+    color_jitter=0.0,
+    lr=0.01,
+    amp=False,
+)
 
 
 def aff_cfg(**changes) -> dict:
     """The training keys of an ``affinity`` config section (the schema's defaults), with TRAIN's and ``changes``."""
-    cfg = dict(backbone="efficientnet_lite0", weights="imagenet", weights_dir=None, output_stride=8, frozen_bn=True,
-               radius=5, epochs=8, batch_size=8, lr=0.01, new_layer_lr_mult=10, momentum=0.9, weight_decay=1e-4,
-               poly_power=0.9, crop_size=448, scale_range=(0.9, 1.5), flip=True, color_jitter=0.3, num_workers=0,
-               seed=0, amp=True, amp_dtype="float16", channels_last=False)  # fmt: skip
+    cfg = dict(
+        backbone="efficientnet_lite0",
+        weights="imagenet",
+        weights_dir=None,
+        output_stride=8,
+        frozen_bn=True,
+        radius=5,
+        epochs=8,
+        batch_size=8,
+        lr=0.01,
+        new_layer_lr_mult=10,
+        momentum=0.9,
+        weight_decay=1e-4,
+        poly_power=0.9,
+        crop_size=448,
+        scale_range=(0.9, 1.5),
+        flip=True,
+        color_jitter=0.3,
+        num_workers=0,
+        seed=0,
+        amp=True,
+        amp_dtype="float16",
+        channels_last=False,
+    )
     cfg.update(TRAIN)
     cfg.update(changes)
     return cfg
@@ -93,8 +121,9 @@ def test_crf_keeps_the_zones_in_the_image_labels():
     assert (got == plain).mean() > 0.8  # the CRF moves edges, not whole regions
 
 
-@pytest.mark.parametrize("backbone,stride,channels", [("efficientnet_lite0", 16, [40, 112, 1280]),
-                                                       ("resnet50", 8, [512, 1024, 2048])])  # fmt: skip
+@pytest.mark.parametrize(
+    "backbone,stride,channels", [("efficientnet_lite0", 16, [40, 112, 1280]), ("resnet50", 8, [512, 1024, 2048])]
+)
 def test_affinitynet_reads_three_levels_at_one_stride(backbone, stride, channels):
     model = build_affinitynet({"backbone": backbone, "output_stride": stride}).eval()
     x = torch.randn(1, 3, 41, 57)
@@ -131,8 +160,9 @@ def test_label_folder_matches_the_rule_and_workers(setup, tmp_path):
             mode, palette, labels = read_png(setup["labels"] / f"{image_id}.png")
             cams, class_ids = reader.read(image_id)
             assert mode == "P" and palette == voc_palette()
-            np.testing.assert_array_equal(labels, confident_labels(dataset.load_image(image_id), cams, class_ids,
-                                                                   crf=None))  # fmt: skip
+            np.testing.assert_array_equal(
+                labels, confident_labels(dataset.load_image(image_id), cams, class_ids, crf=None)
+            )
     folders = {w: tmp_path / f"w{w}" for w in (1, 2)}
     for workers, folder in folders.items():
         make_affinity_labels(store, dataset.root, "val", folder, crf=CRF, workers=workers)
@@ -208,8 +238,16 @@ def test_propagation_writes_a_cam_store_and_label_pngs(setup, tmp_path):
         # the same as walking one image by hand
         image = dataset.load_image(ids[0])
         emb = embed_image(model, image, torch.device("cpu"))
-        by_hand, _ = propagate_cams(emb, torch.from_numpy(source.read(ids[0])[0]), source.read(ids[0])[1],
-                                    stride=8, radius=5, beta=8, logt=8, alpha=16)  # fmt: skip
+        by_hand, _ = propagate_cams(
+            emb,
+            torch.from_numpy(source.read(ids[0])[0]),
+            source.read(ids[0])[1],
+            stride=8,
+            radius=5,
+            beta=8,
+            logt=8,
+            alpha=16,
+        )
         np.testing.assert_array_equal(read_png(tmp_path / "rw1" / f"{ids[0]}.png")[2], by_hand)
     table = sweep(tmp_path / "rw1.h5", dataset, ids, [0.1, 0.5])  # the CAM evaluation takes it as it takes CAMs
     assert len(table) == 2
@@ -243,10 +281,10 @@ def test_propagation_input_problems_name_the_file(setup, tmp_path, workers):
 def test_amp_training_and_walk_on_cuda(setup, tmp_path):
     dataset, store = setup["dataset"], setup["store"]
     out = dict(out_model=tmp_path / "g.pt", out_history_csv=tmp_path / "g.csv", checkpoint_dir=tmp_path / "ck")
-    summary = train_affinity(dataset.root, "val", aff_cfg(amp=True), label_dir=setup["labels"], **out,
-                             device="cuda")
+    summary = train_affinity(dataset.root, "val", aff_cfg(amp=True), label_dir=setup["labels"], **out, device="cuda")
     assert np.isfinite(summary["final_loss"])
-    propagate_split(store, dataset.root, "val", tmp_path / "g.pt", tmp_path / "rw", tmp_path / "rw.h5", device="cuda",
-                    workers=2)  # fmt: skip
+    propagate_split(
+        store, dataset.root, "val", tmp_path / "g.pt", tmp_path / "rw", tmp_path / "rw.h5", device="cuda", workers=2
+    )
     with CAMReader(tmp_path / "rw.h5") as walked:
         assert walked.ids() == sorted(setup["ids"])

@@ -24,8 +24,15 @@ from wsss_core.models.cam_head import CAMNet
 
 H, W = 41, 57  # odd, non-square: catches floor-vs-ceil sizes and transposed maps
 AIRLINER, WARPLANE, WING = 404, 895, 908  # ImageNet class indices
-CASES = [("resnet50", 16, 2048), ("resnet50", 8, 2048), ("resnet101", 16, 2048), ("resnet101", 8, 2048),
-         ("vgg16_largefov", 8, 1024), ("efficientnet_lite0", 16, 1280), ("efficientnet_lite0", 8, 1280)]  # fmt: skip
+CASES = [
+    ("resnet50", 16, 2048),
+    ("resnet50", 8, 2048),
+    ("resnet101", 16, 2048),
+    ("resnet101", 8, 2048),
+    ("vgg16_largefov", 8, 1024),
+    ("efficientnet_lite0", 16, 1280),
+    ("efficientnet_lite0", 8, 1280),
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -93,8 +100,9 @@ def test_frozen_bn_stays_in_eval_mode_with_untouched_stats(name):
     net(torch.randn(2, 3, 64, 64))
     assert bns and not any(m.training for m in bns)
     assert not any(p.requires_grad for m in bns for p in m.parameters())
-    assert all(torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
-               for m, (mean, var) in zip(bns, before))  # fmt: skip
+    assert all(
+        torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var) for m, (mean, var) in zip(bns, before)
+    )
     assert any(p.requires_grad for p in net.parameters())  # convs still train
 
 
@@ -231,8 +239,11 @@ def test_param_groups_partition_the_trainable_params(name, new_layers):
     pretrained, new = net.param_groups()
     trainable = {id(p) for p in net.parameters() if p.requires_grad}
     assert len(pretrained) + len(new) == len(trainable) and {id(p) for p in pretrained + new} == trainable
-    named_new = {n.split(".")[0] if n.startswith("classifier") else n.split(".")[1]
-                 for n, p in net.named_parameters() if any(p is q for q in new)}  # fmt: skip
+    named_new = {
+        n.split(".")[0] if n.startswith("classifier") else n.split(".")[1]
+        for n, p in net.named_parameters()
+        if any(p is q for q in new)
+    }
     assert named_new == new_layers | {"classifier"}
 
 

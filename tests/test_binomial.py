@@ -6,8 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsss_core.train.binomial import (BinomialTerms, class_probabilities, colour_weight, feature_similarity_loss,
-                                      importance_sampled_logits, window_offsets)  # fmt: skip
+from wsss_core.train.binomial import (
+    BinomialTerms,
+    class_probabilities,
+    colour_weight,
+    feature_similarity_loss,
+    importance_sampled_logits,
+    window_offsets,
+)
 
 MU = 2.5
 
@@ -135,4 +141,5 @@ def test_terms_undo_the_normalisation_and_apply_the_weights():
     scores = importance_sampled_logits(cams, labels, 10)
     assert terms["sampling"].item() == pytest.approx(0.2 * F.multilabel_soft_margin_loss(scores, labels).item())
     assert terms["similarity"].item() == pytest.approx(
-        3.0 * feature_similarity_loss(cams, rgb, labels, 2.0, MU).item(), rel=1e-5)  # fmt: skip
+        3.0 * feature_similarity_loss(cams, rgb, labels, 2.0, MU).item(), rel=1e-5
+    )

@@ -85,18 +85,29 @@ def test_evaluate_cams_writes_every_output(tmp_path):
     dataset, ids = make_case(tmp_path / "data", seed=3)
     out = tmp_path / "out"
     record = evaluate_cams(
-        tmp_path / "data" / "train.h5", tmp_path / "data", "train",
-        out_csv=out / "sweep.csv", out_png=out / "sweep.png", out_best_json=out / "best.json",
-        out_per_class_csv=out / "per_class.csv", method="cam", summary_row_csv=out / "rows" / "cams_cam.csv",
-    )  # fmt: skip
+        tmp_path / "data" / "train.h5",
+        tmp_path / "data",
+        "train",
+        out_csv=out / "sweep.csv",
+        out_png=out / "sweep.png",
+        out_best_json=out / "best.json",
+        out_per_class_csv=out / "per_class.csv",
+        method="cam",
+        summary_row_csv=out / "rows" / "cams_cam.csv",
+    )
     table = pd.read_csv(out / "sweep.csv")
     assert list(table.columns) == ["threshold", "mIoU", "fg_precision", "fg_recall"]
     assert table["threshold"].tolist() == [round(0.01 * i, 2) for i in range(61)]
     best = int(table["mIoU"].idxmax())
     saved = json.loads((out / "best.json").read_text())
     assert saved == record
-    assert saved == {"threshold": table["threshold"][best], "mIoU": pytest.approx(table["mIoU"][best]),
-                     "split": "train", "method": "cam", "images": len(ids)}  # fmt: skip
+    assert saved == {
+        "threshold": table["threshold"][best],
+        "mIoU": pytest.approx(table["mIoU"][best]),
+        "split": "train",
+        "method": "cam",
+        "images": len(ids),
+    }
 
     per_class = pd.read_csv(out / "per_class.csv")
     assert per_class["class"].tolist() == CLASSES
@@ -107,9 +118,16 @@ def test_evaluate_cams_writes_every_output(tmp_path):
         img.verify()
 
     row = pd.read_csv(out / "rows" / "cams_cam.csv")
-    assert row.to_dict("records") == [{"stage": "cams", "method": "cam", "split": "train",
-                                      "mIoU": round(record["mIoU"], 2), "threshold": record["threshold"],
-                                      "images": len(ids)}]  # fmt: skip
+    assert row.to_dict("records") == [
+        {
+            "stage": "cams",
+            "method": "cam",
+            "split": "train",
+            "mIoU": round(record["mIoU"], 2),
+            "threshold": record["threshold"],
+            "images": len(ids),
+        }
+    ]
     assert sorted(p.name for p in out.iterdir()) == ["best.json", "per_class.csv", "rows", "sweep.csv", "sweep.png"]
 
 
@@ -129,14 +147,21 @@ def test_size_mismatch_and_missing_images_are_named(tmp_path):
 
 
 def test_summary_rows_are_collected_in_order_with_empty_extras(tmp_path):
-    write_summary_rows(tmp_path / "cams.csv", [{"stage": "cams", "method": "cam", "split": "train",
-                                                "mIoU": 48.123456, "threshold": 0.15}])  # fmt: skip
-    write_summary_rows(tmp_path / "pseudo.csv", [{"stage": "pseudo_labels", "method": "cam", "split": "train",
-                                                  "coverage": 0.8, "mIoU": 60.0}])  # fmt: skip
+    write_summary_rows(
+        tmp_path / "cams.csv",
+        [{"stage": "cams", "method": "cam", "split": "train", "mIoU": 48.123456, "threshold": 0.15}],
+    )
+    write_summary_rows(
+        tmp_path / "pseudo.csv",
+        [{"stage": "pseudo_labels", "method": "cam", "split": "train", "coverage": 0.8, "mIoU": 60.0}],
+    )
     table = collect_summary([tmp_path / "cams.csv", tmp_path / "pseudo.csv"], tmp_path / "summary.csv")
     lines = (tmp_path / "summary.csv").read_text().splitlines()
-    assert lines == ["stage,method,split,mIoU,threshold,coverage",
-                     "cams,cam,train,48.12,0.15,", "pseudo_labels,cam,train,60.0,,0.8"]  # fmt: skip
+    assert lines == [
+        "stage,method,split,mIoU,threshold,coverage",
+        "cams,cam,train,48.12,0.15,",
+        "pseudo_labels,cam,train,60.0,,0.8",
+    ]
     assert table["stage"].tolist() == ["cams", "pseudo_labels"]
     with pytest.raises(ValueError, match="percentage"):
         write_summary_rows(tmp_path / "bad.csv", [{"stage": "s", "method": "m", "split": "x", "mIoU": 4812.0}])

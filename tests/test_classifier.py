@@ -72,19 +72,32 @@ def test_training_uses_real_momentum_and_resumes_after_a_kill(tmp_path, tiny_dem
     b, _ = load_classifier(tmp_path / "b.pt")
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(pa, pb, msg=f"{name} differs after resume")
-    assert (tmp_path / "a.csv").read_text().split("\n")[1].split(",")[:2] == \
-        (tmp_path / "b.csv").read_text().split("\n")[1].split(",")[:2]  # fmt: skip
+    assert (tmp_path / "a.csv").read_text().split("\n")[1].split(",")[:2] == (tmp_path / "b.csv").read_text().split(
+        "\n"
+    )[1].split(",")[:2]
 
     # A checkpoint from other settings is not resumed: a fresh run with 1 epoch trains 1 epoch.
-    train_classifier(tiny_demo, "train", tiny_cfg(epochs=1), out_model=tmp_path / "c.pt",
-                     out_history_csv=tmp_path / "c.csv", checkpoint_dir=tmp_path / "ck_b")  # fmt: skip
+    train_classifier(
+        tiny_demo,
+        "train",
+        tiny_cfg(epochs=1),
+        out_model=tmp_path / "c.pt",
+        out_history_csv=tmp_path / "c.csv",
+        checkpoint_dir=tmp_path / "ck_b",
+    )
     assert len((tmp_path / "c.csv").read_text().splitlines()) == 2
 
 
 def test_cams_are_labelled_normalised_full_resolution(tmp_path, tiny_demo):
     cfg = tiny_cfg(epochs=1)
-    train_classifier(tiny_demo, "train", cfg, out_model=tmp_path / "m.pt", out_history_csv=tmp_path / "h.csv",
-                     checkpoint_dir=tmp_path / "ck")  # fmt: skip
+    train_classifier(
+        tiny_demo,
+        "train",
+        cfg,
+        out_model=tmp_path / "m.pt",
+        out_history_csv=tmp_path / "h.csv",
+        checkpoint_dir=tmp_path / "ck",
+    )
     summary = infer_cams(tiny_demo, "train", tmp_path / "m.pt", tmp_path / "cams.h5", scales=[1.0, 0.5], batch_size=4)
     ds = VOCDataset(tiny_demo)
     ids = ds.ids("train")
@@ -129,15 +142,26 @@ def test_step_schedule_and_coattention_own_epochs():
     co = {"epochs": 15, "batch_size": None, "lr": 0.001}
     shared = {"epochs": 5, "batch_size": 16, "lr": 0.005, "coattention": co}
     assert method_settings({"method": "coattention", **shared}) == {
-        "method": "coattention", "epochs": 15, "batch_size": 16, "lr": 0.001, "coattention": co}  # fmt: skip
+        "method": "coattention",
+        "epochs": 15,
+        "batch_size": 16,
+        "lr": 0.001,
+        "coattention": co,
+    }
     cam = {"method": "cam", **shared}
     assert method_settings(cam) is cam
 
 
 def test_puzzle_variants_take_their_own_lr_and_batchnorm_mode_below_coattention_own_lr():
     puzzle = {"tiles": 2, "alpha": 1.0, "ramp": 0.5, "lr": 0.001, "frozen_bn": False}
-    shared = {"epochs": 5, "batch_size": 16, "lr": 0.005, "frozen_bn": True, "puzzle": puzzle,
-              "coattention": {"epochs": None, "batch_size": None, "lr": 0.002}}  # fmt: skip
+    shared = {
+        "epochs": 5,
+        "batch_size": 16,
+        "lr": 0.005,
+        "frozen_bn": True,
+        "puzzle": puzzle,
+        "coattention": {"epochs": None, "batch_size": None, "lr": 0.002},
+    }
     settings = method_settings({"method": "cam", "addons": ["puzzle"], **shared})
     assert (settings["lr"], settings["frozen_bn"]) == (0.001, False)
     settings = method_settings({"method": "coattention", "addons": ["puzzle"], **shared})

@@ -28,8 +28,9 @@ class ConvBackbone(Backbone):
 
     def __init__(self, channels: int = 16):
         super().__init__(channels, 4, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-        self.body = nn.Sequential(nn.Conv2d(3, channels, 3, 2, 1), nn.ReLU(), nn.Conv2d(channels, channels, 3, 2, 1),
-                                  nn.ReLU())  # fmt: skip
+        self.body = nn.Sequential(
+            nn.Conv2d(3, channels, 3, 2, 1), nn.ReLU(), nn.Conv2d(channels, channels, 3, 2, 1), nn.ReLU()
+        )
 
     def forward(self, x):
         return self.body(x)
@@ -78,8 +79,9 @@ def test_label_algebra_with_empty_sets():
 
 def test_pair_loss_skips_empty_contrastive_targets():
     torch.manual_seed(0)
-    logits = {k: torch.randn(2, 3) for k in ("single_m", "single_n", "common_m", "common_n", "exclusive_m",
-                                             "exclusive_n")}  # fmt: skip
+    logits = {
+        k: torch.randn(2, 3) for k in ("single_m", "single_n", "common_m", "common_n", "exclusive_m", "exclusive_n")
+    }
     same = torch.tensor([[1.0, 0, 1], [0, 1, 0]])
     assert pair_loss(logits, same, same, contrastive=True)["exclusive"] == 0  # nothing to contrast
     assert pair_loss(logits, same, same, contrastive=False)["exclusive"] == 0
@@ -134,8 +136,13 @@ def test_gradients_reach_the_affinity_and_the_gate():
     l_m, l_n = torch.tensor([[1.0, 1, 0, 0, 0], [0, 1, 0, 0, 1]]), torch.tensor([[1.0, 0, 0, 0, 0], [0, 1, 0, 0, 0]])
     logits = model.pair_logits(model.features(x_m), model.features(x_n))
     pair_loss(logits, l_m, l_n, contrastive=True)["total"].backward()
-    for param in (model.affinity["target-target"].weight, model.gate.weight, model.co_classifier.weight,
-                  model.classifier.weight, model.backbone.body[0].weight):  # fmt: skip
+    for param in (
+        model.affinity["target-target"].weight,
+        model.gate.weight,
+        model.co_classifier.weight,
+        model.classifier.weight,
+        model.backbone.body[0].weight,
+    ):
         assert param.grad is not None and param.grad.abs().sum() > 0
     pretrained, new = model.param_groups()
     new_ids = {id(p) for p in new}
@@ -153,8 +160,13 @@ def test_references_are_seeded_distinct_and_share_the_class():
 
 
 def _save_model(model, dataset: VOCDataset, path):
-    meta = {"arch": {"method": "coattention", "backbone": "test", "output_stride": 4, "domains": ["target"]},
-            "classes": list(dataset.classes), "stride": 4, "mean": [0.5] * 3, "std": [0.25] * 3}  # fmt: skip
+    meta = {
+        "arch": {"method": "coattention", "backbone": "test", "output_stride": 4, "domains": ["target"]},
+        "classes": list(dataset.classes),
+        "stride": 4,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+    }
     torch.save({"state_dict": model.state_dict(), "meta": meta}, path)
 
 
@@ -205,8 +217,17 @@ def test_cached_multiround_cams_equal_a_naive_pair_by_pair_computation(tiny_demo
     model = net(num_classes=ds.num_classes - 1, seed=1)
     _save_model(model, ds, tmp_path / "model.pt")
     scales = [1.0, 0.5]
-    summary = coattentive_cams(tiny_demo, "train", tmp_path / "model.pt", tmp_path / "single.h5",
-                               tmp_path / "multi.h5", scales=scales, references=2, seed=4, batch_size=4)  # fmt: skip
+    summary = coattentive_cams(
+        tiny_demo,
+        "train",
+        tmp_path / "model.pt",
+        tmp_path / "single.h5",
+        tmp_path / "multi.h5",
+        scales=scales,
+        references=2,
+        seed=4,
+        batch_size=4,
+    )
     ids = ds.ids("train")
     assert summary["images"] == len(ids) and summary["reference_pairs"] > len(ids)
     assert not list(tmp_path.glob(".*features*"))  # the feature cache is gone
@@ -225,8 +246,12 @@ def test_cached_multiround_cams_equal_a_naive_pair_by_pair_computation(tiny_demo
 
 def coattention_cfg(**changes):
     cfg = tiny_cfg(method="coattention", epochs=2, batch_size=4)
-    cfg["coattention"] = {"self_pair_flip": True, "self_pair_scales": [0.75], "contrastive_from_epoch": 1,
-                          "extra_sources": []}  # fmt: skip
+    cfg["coattention"] = {
+        "self_pair_flip": True,
+        "self_pair_scales": [0.75],
+        "contrastive_from_epoch": 1,
+        "extra_sources": [],
+    }
     cfg.update(changes)
     return cfg
 
@@ -237,8 +262,16 @@ def test_coattention_training_logs_every_loss_term_and_loads_back(tiny_demo, tmp
     summary = train_classifier(tiny_demo, "train", cfg, **out)
     assert summary["images"] == len(VOCDataset(tiny_demo).ids("train"))  # every image is m once per epoch
     history = pd.read_csv(tmp_path / "h.csv")
-    assert list(history.columns) == ["epoch", "loss", "loss_single", "loss_common", "loss_exclusive", "loss_self",
-                                     "lr", "seconds"]  # fmt: skip
+    assert list(history.columns) == [
+        "epoch",
+        "loss",
+        "loss_single",
+        "loss_common",
+        "loss_exclusive",
+        "loss_self",
+        "lr",
+        "seconds",
+    ]
     assert history["loss_exclusive"][0] == 0 and history["loss_exclusive"][1] > 0  # contrastive from epoch 1
     terms = history[["loss_single", "loss_common", "loss_exclusive", "loss_self"]].sum(axis=1)
     assert np.allclose(terms, history["loss"], atol=1e-4)

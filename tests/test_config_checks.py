@@ -38,13 +38,16 @@ def test_default_and_shipped_configs_pass(tmp_path):
         assert path_problems(cfg, tmp_path) == [] and relation_problems(cfg) == [], path.name
 
 
-@pytest.mark.parametrize("data_dir, results_dir, key", [
-    ("data", "data", "results_dir"),
-    ("data", "data/results", "results_dir"),
-    ("out/data", "out", "data_dir"),
-    (".", "results", "data_dir"),
-    ("data", "..", "results_dir"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "data_dir, results_dir, key",
+    [
+        ("data", "data", "results_dir"),
+        ("data", "data/results", "results_dir"),
+        ("out/data", "out", "data_dir"),
+        (".", "results", "data_dir"),
+        ("data", "..", "results_dir"),
+    ],
+)
 def test_output_roots_must_be_disjoint_and_below_the_working_directory(tmp_path, data_dir, results_dir, key):
     problems = path_problems(config(data_dir=data_dir, results_dir=results_dir), tmp_path)
     assert any(p.startswith(f"config key {key}:") for p in problems), problems
@@ -65,20 +68,23 @@ def test_reserved_data_names_and_a_dataset_inside_the_outputs(tmp_path):
     assert any(p.startswith("config key dataset.root:") for p in problems), problems
 
 
-@pytest.mark.parametrize("sections, key", [
-    ({"classifier": {"resize_long": [80, 48]}}, "classifier.resize_long"),
-    ({"affinity": {"scale_range": [1.5, 0.9]}}, "affinity.scale_range"),
-    ({"segmentation": {"scale_range": [1.25, 0.75]}}, "segmentation.scale_range"),
-    ({"cams": {"eval_thresholds": {"min": 0.8, "max": 0.2, "step": 0.01}}}, "cams.eval_thresholds"),
-    ({"affinity": {"low_alpha": 32, "high_alpha": 4}}, "affinity.high_alpha"),
-    ({"affinity": {"crop_size": 100, "output_stride": 16}}, "affinity.crop_size"),
-    ({"classifier": {"method": "cam+puzzle", "crop_size": 112}}, "classifier.crop_size"),
-    ({"classifier": {"lr_policy": "step", "lr_decay_epochs": [10, 5]}}, "classifier.lr_decay_epochs"),
-    ({"pseudo_labels": {"threshold": 0.98, "fg_margin": 0.05}}, "pseudo_labels.fg_margin"),
-    ({"pseudo_labels": {"threshold": 0.02, "bg_margin": 0.05}}, "pseudo_labels.bg_margin"),
-    ({"demo": {"n_images": 8, "val_fraction": 0.01}}, "demo.val_fraction"),
-    ({"classifier": {"method": "coattention"}, "cams": {"scales": [0.5, 1.5]}}, "cams.scales"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "sections, key",
+    [
+        ({"classifier": {"resize_long": [80, 48]}}, "classifier.resize_long"),
+        ({"affinity": {"scale_range": [1.5, 0.9]}}, "affinity.scale_range"),
+        ({"segmentation": {"scale_range": [1.25, 0.75]}}, "segmentation.scale_range"),
+        ({"cams": {"eval_thresholds": {"min": 0.8, "max": 0.2, "step": 0.01}}}, "cams.eval_thresholds"),
+        ({"affinity": {"low_alpha": 32, "high_alpha": 4}}, "affinity.high_alpha"),
+        ({"affinity": {"crop_size": 100, "output_stride": 16}}, "affinity.crop_size"),
+        ({"classifier": {"method": "cam+puzzle", "crop_size": 112}}, "classifier.crop_size"),
+        ({"classifier": {"lr_policy": "step", "lr_decay_epochs": [10, 5]}}, "classifier.lr_decay_epochs"),
+        ({"pseudo_labels": {"threshold": 0.98, "fg_margin": 0.05}}, "pseudo_labels.fg_margin"),
+        ({"pseudo_labels": {"threshold": 0.02, "bg_margin": 0.05}}, "pseudo_labels.bg_margin"),
+        ({"demo": {"n_images": 8, "val_fraction": 0.01}}, "demo.val_fraction"),
+        ({"classifier": {"method": "coattention"}, "cams": {"scales": [0.5, 1.5]}}, "cams.scales"),
+    ],
+)
 def test_relations_between_keys(sections, key):
     problems = relation_problems(config(**sections))
     assert [p for p in problems if p.startswith(f"config key {key}:")], problems
@@ -99,15 +105,18 @@ def sentinels(tmp_path):
     return files
 
 
-@pytest.mark.parametrize("text, key", [
-    ("dataset: {name: ..}", "dataset.name"),
-    ("dataset: {name: .}", "dataset.name"),
-    ("dataset: {name: a/../..}", "dataset.name"),
-    ("dataset: {name: /tmp/wsss_abs}", "dataset.name"),
-    ("results_dir: data", "results_dir"),
-    ("results_dir: data/nested", "results_dir"),
-    ("classifier: {resize_long: [80, 48]}", "classifier.resize_long"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("dataset: {name: ..}", "dataset.name"),
+        ("dataset: {name: .}", "dataset.name"),
+        ("dataset: {name: a/../..}", "dataset.name"),
+        ("dataset: {name: /tmp/wsss_abs}", "dataset.name"),
+        ("results_dir: data", "results_dir"),
+        ("results_dir: data/nested", "results_dir"),
+        ("classifier: {resize_long: [80, 48]}", "classifier.resize_long"),
+    ],
+)
 def test_the_workflow_refuses_them_at_parse_time_and_deletes_nothing(tmp_path, text, key):
     kept = sentinels(tmp_path)
     proc = run_snakemake(tmp_path, "--cores", "1", *override(tmp_path, text), "--until", "demo_dataset", check=False)

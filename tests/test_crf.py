@@ -49,11 +49,13 @@ def test_non_contiguous_inputs_give_the_contiguous_result():
     assert not view.flags["C_CONTIGUOUS"]
     probs = rng.dirichlet(np.ones(2), size=(30, 30)).transpose(2, 0, 1)  # a transposed view
     assert not probs.flags["C_CONTIGUOUS"]
-    np.testing.assert_array_equal(crf_probs(view, probs, PARAMS),
-                                  crf_probs(view.copy(), np.ascontiguousarray(probs), PARAMS))  # fmt: skip
+    np.testing.assert_array_equal(
+        crf_probs(view, probs, PARAMS), crf_probs(view.copy(), np.ascontiguousarray(probs), PARAMS)
+    )
     labels = (rng.random((30, 40)) < 0.5).astype(np.uint8).T[:30, :30]
-    np.testing.assert_array_equal(crf_labels(view, labels, [0, 1], PARAMS),
-                                  crf_labels(view.copy(), labels.copy(), [0, 1], PARAMS))  # fmt: skip
+    np.testing.assert_array_equal(
+        crf_labels(view, labels, [0, 1], PARAMS), crf_labels(view.copy(), labels.copy(), [0, 1], PARAMS)
+    )
 
 
 def test_noisy_labels_snap_to_the_colour_edge():
@@ -135,8 +137,9 @@ def _fg_iou(labels: np.ndarray, gt: np.ndarray) -> float:
     return float((pred & true).sum() / (pred | true).sum())
 
 
-@pytest.mark.parametrize("image_id, how", [("sample_sheep", "dilate10"), ("sample_sheep", "blocks16"),
-                                           ("2011_000003", "dilate10")])  # fmt: skip
+@pytest.mark.parametrize(
+    "image_id, how", [("sample_sheep", "dilate10"), ("sample_sheep", "blocks16"), ("2011_000003", "dilate10")]
+)
 def test_real_photo_boundaries_improve(image_id, how):
     dataset = VOCDataset(shared_dataset("voc_samples"))
     image, gt = dataset.load_image(image_id), dataset.load_mask(image_id)

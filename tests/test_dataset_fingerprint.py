@@ -31,14 +31,14 @@ def fingerprint(root, out):
     return update_fingerprints(root, "train", "val", out)
 
 
-
 def test_every_part_is_written_once_and_kept_while_nothing_changes(dataset, tmp_path):
     out = tmp_path / "fp"
     paths = fingerprint(dataset, out)
     assert set(paths) == set(PARTS) and all(p.is_file() for p in paths.values())
     before = snapshot(paths)
     assert json.loads(paths["train_images"].read_text())["images"] == len(
-        (dataset / "ImageSets" / "Segmentation" / "train.txt").read_text().split())  # fmt: skip
+        (dataset / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    )
     # no-op touches: every file rewritten with the same bytes, times moved
     for path in dataset.rglob("*"):
         if path.is_file():

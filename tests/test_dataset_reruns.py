@@ -9,9 +9,11 @@ import yaml
 from conftest import REPO, first_id, plan, run_snakemake, void_mask_corner
 
 # The chain of one classifier and one pseudo-label recipe: every kind of step, in under a minute.
-LEAN = {"classifier": {"method": "cam", "compare": []}, "pseudo_labels": {"recipe": "confident", "compare": []},
-        "segmentation": {"compare": []}}
-
+LEAN = {
+    "classifier": {"method": "cam", "compare": []},
+    "pseudo_labels": {"recipe": "confident", "compare": []},
+    "segmentation": {"compare": []},
+}
 
 
 def planned(tmp_path, args):
@@ -27,8 +29,20 @@ def test_dataset_edits_rerun_what_reads_them(tmp_path, tiny_demo):
     root = tmp_path / "mine"
     shutil.copytree(tiny_demo, root)
     override = tmp_path / "override.yaml"
-    override.write_text(yaml.safe_dump({"dataset": {"source": "folder", "name": "mine", "root": str(root),
-                                                    "train_split": "train", "eval_split": "val"}, **LEAN}))  # fmt: skip
+    override.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": {
+                    "source": "folder",
+                    "name": "mine",
+                    "root": str(root),
+                    "train_split": "train",
+                    "eval_split": "val",
+                },
+                **LEAN,
+            }
+        )
+    )
     args = ["--configfile", str(REPO / "config" / "tiny.yaml"), str(override)]
     run_snakemake(tmp_path, "--cores", "2", *args)
     assert "Nothing to be done" in run_snakemake(tmp_path, "-n", *args).stdout
@@ -48,10 +62,16 @@ def test_dataset_edits_rerun_what_reads_them(tmp_path, tiny_demo):
     mask = root / "SegmentationClass" / f"{first_id(root, 'val')}.png"
     void_mask_corner(mask)
     rules, jobs = planned(tmp_path, args)
-    assert rules == {"validate_dataset": {"part=eval_masks"}, "evaluate_segmentation": {"labels=cam+confident", "labels=fully_supervised"},
-                     "summarize_dataset": {""}, "summary": {""}, "all": {""}}, rules  # fmt: skip
+    assert rules == {
+        "validate_dataset": {"part=eval_masks"},
+        "evaluate_segmentation": {"labels=cam+confident", "labels=fully_supervised"},
+        "summarize_dataset": {""},
+        "summary": {""},
+        "all": {""},
+    }, rules
     assert jobs["validate_dataset", "part=eval_masks"] == {
-        "Updated input files": "results/mine/data/fingerprint/eval_masks.json"}  # fmt: skip
+        "Updated input files": "results/mine/data/fingerprint/eval_masks.json"
+    }
     run_snakemake(tmp_path, "--cores", "2", *args)
 
     # a val image's labels: checked, nothing reads them
@@ -70,7 +90,8 @@ def test_dataset_edits_rerun_what_reads_them(tmp_path, tiny_demo):
     assert {"train_classifier", "infer_cams", "train_segmentation", "predict_segmentation"} <= set(rules)
     assert rules["train_segmentation"] == {"labels=cam+confident", "labels=fully_supervised"}
     assert jobs["train_classifier", "method=cam"] == {
-        "Input files updated by another job": "results/mine/data/validated/train_labels.json"}  # fmt: skip
+        "Input files updated by another job": "results/mine/data/validated/train_labels.json"
+    }
 
     # an id appended to the train split: its labels, images and masks are all re-checked
     split = root / "ImageSets" / "Segmentation" / "train.txt"
@@ -78,6 +99,7 @@ def test_dataset_edits_rerun_what_reads_them(tmp_path, tiny_demo):
     rules, jobs = planned(tmp_path, args)
     assert rules["validate_dataset"] == {"part=train_labels", "part=train_images", "part=train_masks"}
     assert jobs["validate_dataset", "part=train_images"] == {
-        "Updated input files": "results/mine/data/fingerprint/train_images.json"}  # fmt: skip
+        "Updated input files": "results/mine/data/fingerprint/train_images.json"
+    }
     reasons = jobs["train_classifier", "method=cam"]["Input files updated by another job"]
     assert set(reasons.split(", ")) == {f"results/mine/data/validated/train_{p}.json" for p in ("labels", "images")}

@@ -71,8 +71,13 @@ def test_largefov_on_vgg_is_fc6_fc7_then_a_1x1_classifier():
     assert net(torch.randn(1, 3, H, W)).shape == (1, CLASSES, H, W)
 
 
-TAPS = [("resnet50", 16, 256), ("resnet50", 8, 256), ("efficientnet_lite0", 16, 24), ("efficientnet_lite0", 8, 24),
-        ("vgg16_largefov", 8, 128)]  # fmt: skip
+TAPS = [
+    ("resnet50", 16, 256),
+    ("resnet50", 8, 256),
+    ("efficientnet_lite0", 16, 24),
+    ("efficientnet_lite0", 8, 24),
+    ("vgg16_largefov", 8, 128),
+]
 
 
 @pytest.mark.parametrize("backbone,stride,channels", TAPS)

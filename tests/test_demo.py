@@ -33,8 +33,15 @@ def objects(samples) -> list[dict]:
         for k, cls in enumerate(s.object_classes, 1):
             obj = s.objects == k
             body, part = obj & ~s.part, obj & s.part
-            out.append(dict(cls=cls, area=int(obj.sum()), part_area=int(part.sum()),
-                            body_rgb=s.image[body].mean(0), part_rgb=s.image[part].mean(0)))  # fmt: skip
+            out.append(
+                dict(
+                    cls=cls,
+                    area=int(obj.sum()),
+                    part_area=int(part.sum()),
+                    body_rgb=s.image[body].mean(0),
+                    part_rgb=s.image[part].mean(0),
+                )
+            )
     return out
 
 
@@ -216,10 +223,21 @@ def test_extreme_arguments_still_give_valid_datasets(tmp_path, n_classes, max_ob
 
 @pytest.mark.parametrize(
     "name, value",
-    [("n_images", 1), ("n_images", 2.5), ("image_size", 16), ("image_size", True), ("n_classes", 0),
-     ("n_classes", 21), ("seed", -1), ("val_fraction", 0), ("val_fraction", 1.0), ("val_fraction", "0.2"),
-     ("max_objects", 0), ("workers", 0)],
-)  # fmt: skip
+    [
+        ("n_images", 1),
+        ("n_images", 2.5),
+        ("image_size", 16),
+        ("image_size", True),
+        ("n_classes", 0),
+        ("n_classes", 21),
+        ("seed", -1),
+        ("val_fraction", 0),
+        ("val_fraction", 1.0),
+        ("val_fraction", "0.2"),
+        ("max_objects", 0),
+        ("workers", 0),
+    ],
+)
 def test_bad_arguments_are_rejected_by_name(tmp_path, name, value):
     with pytest.raises(ValueError, match=name):
         demo.generate(tmp_path / "bad", **dict(demo.TINY, **{name: value}))

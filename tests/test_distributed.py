@@ -61,8 +61,16 @@ def test_processes_one_per_gpu_and_one_without_cuda():
 # not many, with a tolerance of 1e-4 (measured: CAM 6e-8, co-attention 7e-6, segmentation 1e-7). A missing
 # gradient average, a wrong batch split or a per-process loss mean show up at 6e-4 or more (the last of these,
 # measured on segmentation before its loss was normalised by the global pixel count).
-DETERMINISTIC = dict(resize_long=[64, 64], crop_size=64, flip=False, color_jitter=0.0, epochs=2, batch_size=8,
-                     lr=0.005, weights="imagenet")  # fmt: skip
+DETERMINISTIC = dict(
+    resize_long=[64, 64],
+    crop_size=64,
+    flip=False,
+    color_jitter=0.0,
+    epochs=2,
+    batch_size=8,
+    lr=0.005,
+    weights="imagenet",
+)
 
 
 TRAINERS = {"classifier": train_classifier, "segmentation": train_segmentation}
@@ -88,11 +96,17 @@ def run_both(trainer: str, cfg: dict, tmp_path, tiny_demo, monkeypatch) -> dict:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
     runs = {}
     for name, procs in (("single", 1), ("ddp", 2)):
-        out = dict(out_model=str(tmp_path / f"{name}.pt"), out_history_csv=str(tmp_path / f"{name}.csv"),
-                   checkpoint_dir=str(tmp_path / f"ckpt_{name}"))  # fmt: skip
+        out = dict(
+            out_model=str(tmp_path / f"{name}.pt"),
+            out_history_csv=str(tmp_path / f"{name}.csv"),
+            checkpoint_dir=str(tmp_path / f"ckpt_{name}"),
+        )
         args = (trainer, str(tiny_demo), "val", cfg)  # 10 images: one step of 8 per epoch
-        runs[name] = (train_without_drop_connect(*args, **out) if procs == 1 else
-                      launch(train_without_drop_connect, procs, *args, **out))  # fmt: skip
+        runs[name] = (
+            train_without_drop_connect(*args, **out)
+            if procs == 1
+            else launch(train_without_drop_connect, procs, *args, **out)
+        )
     return runs
 
 
@@ -113,8 +127,15 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path,
         # the contrastive term is left out: it averages over the pairs with something to contrast, which
         # each process counts in its own share (as the reference code counts per batch), so it is
         # equal to one process's in expectation, not step by step
-        cfg["coattention"] = {**defaults, **cfg["coattention"], "self_pair_flip": False, "contrastive_from_epoch": 9,
-                              "epochs": None, "batch_size": None, "lr": None}  # fmt: skip
+        cfg["coattention"] = {
+            **defaults,
+            **cfg["coattention"],
+            "self_pair_flip": False,
+            "contrastive_from_epoch": 9,
+            "epochs": None,
+            "batch_size": None,
+            "lr": None,
+        }
     runs = run_both("classifier", cfg, tmp_path, tiny_demo, monkeypatch)
     worst = _compare(tmp_path / "single.pt", tmp_path / "ddp.pt")
     print(f"{method}: max |w_1proc - w_2proc| = {worst:.2e}")
@@ -132,8 +153,16 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path,
 def test_segmentation_in_two_processes_matches_one(tmp_path, tiny_demo, monkeypatch):
     # DeepLab-LargeFOV: no BatchNorm trained in the head (v3+'s head BN needs SyncBatchNorm, CUDA only)
     # (and a loss normalised by the global batch's non-void pixels, see segmentation_loss's mean_over)
-    cfg = seg_cfg(model="deeplab_largefov", weights="imagenet", crop_size=64, scale_range=[1.0, 1.0], flip=False,
-                  color_jitter=0.0, epochs=2, batch_size=8)  # fmt: skip
+    cfg = seg_cfg(
+        model="deeplab_largefov",
+        weights="imagenet",
+        crop_size=64,
+        scale_range=[1.0, 1.0],
+        flip=False,
+        color_jitter=0.0,
+        epochs=2,
+        batch_size=8,
+    )
     runs = run_both("segmentation", cfg, tmp_path, tiny_demo, monkeypatch)
     worst = _compare(tmp_path / "single.pt", tmp_path / "ddp.pt")
     print(f"segmentation: max |w_1proc - w_2proc| = {worst:.2e}")
@@ -144,8 +173,16 @@ def test_segmentation_in_two_processes_matches_one(tmp_path, tiny_demo, monkeypa
 def test_a_failing_rank_fails_the_launch_with_its_traceback_in_the_output(tmp_path, tiny_demo, capfd):
     cfg = tiny_cfg(batch_size=3)  # 3 images do not split over 2 processes
     with pytest.raises(RuntimeError, match="data-parallel training .*2 processes.* failed"):
-        launch(train_classifier, 2, str(tiny_demo), "train", cfg, out_model=str(tmp_path / "m.pt"),
-               out_history_csv=str(tmp_path / "h.csv"), checkpoint_dir=str(tmp_path / "c"))  # fmt: skip
+        launch(
+            train_classifier,
+            2,
+            str(tiny_demo),
+            "train",
+            cfg,
+            out_model=str(tmp_path / "m.pt"),
+            out_history_csv=str(tmp_path / "h.csv"),
+            checkpoint_dir=str(tmp_path / "c"),
+        )
     assert "config key classifier.batch_size" in capfd.readouterr().err
     assert not (tmp_path / "m.pt").exists()
 

@@ -282,8 +282,9 @@ def test_deadline_stops_a_server_that_trickles(server, tmp_path):
     kept = part.stat().st_size
     assert 0 < kept < len(PAYLOAD) and not dest.exists()  # the bytes so far stay for a rerun
     message = str(info.value)
-    assert message.startswith(f"download of {url} exceeded the deadline of 1 s (config key voc12.deadline_s) "
-                              f"after {kept} bytes")  # fmt: skip
+    assert message.startswith(
+        f"download of {url} exceeded the deadline of 1 s (config key voc12.deadline_s) " f"after {kept} bytes"
+    )
     assert str(part) in message and len(server.requests) == 1
     server.trickle = None  # the rerun resumes where the deadline stopped the first
     quiet_fetch(url, dest)
@@ -295,8 +296,15 @@ def test_deadline_is_checked_before_waiting_to_retry(server, tmp_path):
     sleeps: list[float] = []
     expected = r"exceeded the deadline of 30 s after 70000 bytes .*; the attempt before failed: _ShortRead"
     with pytest.raises(DownloadError, match=expected) as info:
-        fetch(server.url("/file.bin"), tmp_path / "file.bin", PAYLOAD_MD5, backoff_s=60, deadline_s=30,
-              log=lambda m: None, sleep=sleeps.append)  # fmt: skip
+        fetch(
+            server.url("/file.bin"),
+            tmp_path / "file.bin",
+            PAYLOAD_MD5,
+            backoff_s=60,
+            deadline_s=30,
+            log=lambda m: None,
+            sleep=sleeps.append,
+        )
     assert sleeps == [] and len(server.requests) == 1  # a 60 s wait would end past the deadline: none started
     assert server.url("/file.bin") in str(info.value)
 
@@ -307,6 +315,8 @@ def test_short_download_without_content_length_says_so(server, tmp_path):
     server.drop_after, server.drop_requests = 100_000, 99
     with pytest.raises(DownloadError) as info:
         quiet_fetch(server.url("/file.bin"), tmp_path / "file.bin", retries=2)
-    assert "got 100000 bytes and the server sent no Content-Length, so a connection that closed early leaves a " \
-           "short file" in str(info.value)  # fmt: skip
+    assert (
+        "got 100000 bytes and the server sent no Content-Length, so a connection that closed early leaves a "
+        "short file" in str(info.value)
+    )
     assert (tmp_path / "whole.bin").read_bytes() == PAYLOAD and not (tmp_path / "file.bin").exists()

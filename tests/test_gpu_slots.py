@@ -137,8 +137,13 @@ def test_concurrent_gpu_rules_under_resources_gpu_2_never_share_a_slot(tmp_path)
     (tmp_path / "records").mkdir()
     locks = tmp_path / "locks"
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"gpus": {"devices": [0, 1], "lock_dir": str(locks)}}))
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "4", "--resources", "gpu=2", "--keep-going"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "4", "--resources", "gpu=2", "--keep-going"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0 and "crash" in proc.stderr + proc.stdout  # the killed job failed the run
     done = [json.loads(p.read_text()) for p in sorted((tmp_path / "done").glob("*.json"))]
     assert sorted(r["job"] for r in done) == [f"job{i}" for i in range(6)]

@@ -22,17 +22,30 @@ def masks(dataset, split="val"):
 
 
 def evaluate(folder, dataset, tmp_path, workers=1):
-    return evaluate_label_dir(folder, dataset.root, "val", stage="pseudo", method="test", workers=workers,
-                              out_per_class_csv=tmp_path / "per_class.csv",
-                              summary_row_csv=tmp_path / "row.csv")  # fmt: skip
+    return evaluate_label_dir(
+        folder,
+        dataset.root,
+        "val",
+        stage="pseudo",
+        method="test",
+        workers=workers,
+        out_per_class_csv=tmp_path / "per_class.csv",
+        summary_row_csv=tmp_path / "row.csv",
+    )
 
 
 def test_perfect_copy_scores_100(tiny_demo, tmp_path):
     dataset = VOCDataset(tiny_demo)
     folder = write_folder(tmp_path / "labels", masks(dataset))
     row = evaluate(folder, dataset, tmp_path)
-    assert row == {"stage": "pseudo", "method": "test", "split": "val", "mIoU": 100.0, "coverage": 100.0,
-                   "images": len(dataset.ids("val"))}  # fmt: skip
+    assert row == {
+        "stage": "pseudo",
+        "method": "test",
+        "split": "val",
+        "mIoU": 100.0,
+        "coverage": 100.0,
+        "images": len(dataset.ids("val")),
+    }
     written = pd.read_csv(tmp_path / "row.csv")
     assert written.to_dict("records") == [row]
     per_class = pd.read_csv(tmp_path / "per_class.csv")

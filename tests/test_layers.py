@@ -44,8 +44,14 @@ def imports() -> list[tuple[str, str, str]]:
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
                 if node.module == "wsss_core":  # a submodule, or a name of wsss_core/__init__.py
-                    names = [f"wsss_core.{a.name}" if (PACKAGE / a.name).is_dir() or (PACKAGE / f"{a.name}.py").is_file()
-                             else "wsss_core.__init__" for a in node.names]  # fmt: skip
+                    names = [
+                        (
+                            f"wsss_core.{a.name}"
+                            if (PACKAGE / a.name).is_dir() or (PACKAGE / f"{a.name}.py").is_file()
+                            else "wsss_core.__init__"
+                        )
+                        for a in node.names
+                    ]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             for name in names:
@@ -60,8 +66,9 @@ def test_every_unit_has_a_layer():
 
 
 def test_imports_point_down_the_layers():
-    upward = [f"{path} ({source}) imports {target}" for path, source, target in imports()
-              if RANK[target] >= RANK[source]]  # fmt: skip
+    upward = [
+        f"{path} ({source}) imports {target}" for path, source, target in imports() if RANK[target] >= RANK[source]
+    ]
     assert not upward
 
 

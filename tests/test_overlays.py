@@ -21,8 +21,11 @@ def make_cams(ds, split, path):
     with CAMWriter(path, classes=ds.classes, scales=[1.0], stride=16, checkpoint_sha256="0" * 64) as writer:
         for image_id in ds.ids(split):
             mask, labels = ds.load_mask(image_id), ds.labels(image_id)
-            writer.write(image_id, np.stack([(mask == c) * 0.8 for c in labels]) if labels else
-                         np.zeros((0, *mask.shape)), labels)  # fmt: skip
+            writer.write(
+                image_id,
+                np.stack([(mask == c) * 0.8 for c in labels]) if labels else np.zeros((0, *mask.shape)),
+                labels,
+            )
     return path
 
 

@@ -92,8 +92,11 @@ def test_base_install_can_write_the_snakemake_report():
     needs = report_needs()
     # the packages snakemake's report names in its "must be installed" errors are among those found
     report_dir = Path(importlib.util.find_spec("snakemake.report").submodule_search_locations[0])
-    named = {m for p in report_dir.rglob("*.py") for m in re.findall(r"Python package (\w+) must be installed",
-                                                                       p.read_text())}  # fmt: skip
+    named = {
+        m
+        for p in report_dir.rglob("*.py")
+        for m in re.findall(r"Python package (\w+) must be installed", p.read_text())
+    }
     found = {m for modules in needs.values() for m in modules}
     assert named and named <= found, (named, found)
     closure = base_closure()

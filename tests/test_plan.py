@@ -30,14 +30,22 @@ def test_the_tiny_config_plans_every_store_recipe_and_network():
     assert plan.main_classifier == "coattention" and plan.rounds == 2
     assert plan.trained == ["cam", "coattention", "cam+puzzle+binomial"]
     assert plan.erasing_variants == ["cam+puzzle+binomial+erasing"]
-    assert plan.round_classifiers("cam+puzzle+binomial+erasing") == ["cam+puzzle+binomial",
-                                                                    "cam+puzzle+binomial+erasing_round2"]  # fmt: skip
+    assert plan.round_classifiers("cam+puzzle+binomial+erasing") == [
+        "cam+puzzle+binomial",
+        "cam+puzzle+binomial+erasing_round2",
+    ]
     assert plan.coattentive == ["coattention"]
     assert plan.plain_cams == ["cam", "cam+puzzle+binomial", "cam+puzzle+binomial+erasing_round2"]
     assert plan.main_cams == "coattention_multiround"
-    assert plan.cam_stores == ["cam", "coattention", "coattention_multiround", "cam+puzzle+binomial",
-                               "cam+puzzle+binomial+erasing_round2", "cam+puzzle+binomial+erasing",
-                               "coattention_multiround_random_walk"]  # fmt: skip
+    assert plan.cam_stores == [
+        "cam",
+        "coattention",
+        "coattention_multiround",
+        "cam+puzzle+binomial",
+        "cam+puzzle+binomial+erasing_round2",
+        "cam+puzzle+binomial+erasing",
+        "coattention_multiround_random_walk",
+    ]
     assert plan.recipes == ["confident", "saliency", "random_walk", "random_walk_saliency", "saliency_only"]
     assert plan.seg_runs == ["coattention_multiround+confident", "coattention_multiround+saliency_only", REFERENCE]
     assert plan.main_run == "coattention_multiround+confident"
@@ -48,8 +56,14 @@ def test_the_tiny_config_plans_every_store_recipe_and_network():
 
 
 def test_default_config_plans_no_multiround_or_walk_stores_it_does_not_need():
-    cfg = validated({"classifier": {"method": "cam", "compare": []}, "pseudo_labels": {"compare": []},
-                     "segmentation": {"compare": []}, "evaluation": {"fully_supervised": False}})  # fmt: skip
+    cfg = validated(
+        {
+            "classifier": {"method": "cam", "compare": []},
+            "pseudo_labels": {"compare": []},
+            "segmentation": {"compare": []},
+            "evaluation": {"fully_supervised": False},
+        }
+    )
     plan = Plan(cfg)
     assert plan.cam_stores == ["cam"] and plan.main_cams == "cam" and plan.seg_runs == [f"cam+{plan.recipe}"]
     assert not any(s.endswith("random_walk") for s in plan.cam_stores) or plan.recipe.startswith("random_walk")

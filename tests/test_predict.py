@@ -127,8 +127,10 @@ def test_multi_scale_is_the_mean_of_the_single_scales():
     assert not torch.allclose(half, big, atol=1e-3)
     # A flat image gives the same answer at every scale: resizing there and back must not shift anything.
     flat = np.full((29, 41, 3), (200, 30, 90), np.uint8)
-    torch.testing.assert_close(predict_probs(model, flat, MEAN, STD, scales=(0.5, 1.0, 1.75), flip=True),
-                               predict_probs(model, flat, MEAN, STD, scales=(1.0,), flip=False))  # fmt: skip
+    torch.testing.assert_close(
+        predict_probs(model, flat, MEAN, STD, scales=(0.5, 1.0, 1.75), flip=True),
+        predict_probs(model, flat, MEAN, STD, scales=(1.0,), flip=False),
+    )
 
 
 def test_bad_arguments_are_named():
@@ -145,8 +147,9 @@ def test_label_pngs_for_every_image_of_the_split(tiny_demo, tmp_path):
     ds = VOCDataset(tiny_demo)
     model = PixelModel(ds.num_classes, seed=2)
     out = tmp_path / "pred" / "val"
-    summary = _predict_with_model(model, meta_for(tiny_demo), tiny_demo, "val", out, scales=(1.0, 0.5), flip=True,
-                                  crf=None)  # fmt: skip
+    summary = _predict_with_model(
+        model, meta_for(tiny_demo), tiny_demo, "val", out, scales=(1.0, 0.5), flip=True, crf=None
+    )
     ids = ds.ids("val")
     assert summary["images"] == len(ids) and summary["seconds"] >= 0 and summary["crf"] is False
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{i}.png" for i in ids)
@@ -167,12 +170,16 @@ def test_input_scale_of_training_multiplies_the_evaluation_scales(tiny_demo, tmp
     meta["config"] = {"input_scale": 2.0}
     assert network_scales(meta, [1.0, 0.5]) == [2.0, 1.0]
     model = PixelModel(VOCDataset(tiny_demo).num_classes, seed=2)
-    summary = _predict_with_model(model, meta, tiny_demo, "val", tmp_path / "p", scales=(1.0, 0.5), flip=False,
-                                  crf=None)  # fmt: skip
+    summary = _predict_with_model(
+        model, meta, tiny_demo, "val", tmp_path / "p", scales=(1.0, 0.5), flip=False, crf=None
+    )
     assert summary["scales"] == [2.0, 1.0]
     image_id = VOCDataset(tiny_demo).ids("val")[0]
-    expected = predict_probs(model, VOCDataset(tiny_demo).load_image(image_id), MEAN, STD, scales=(2.0, 1.0),
-                             flip=False).argmax(0).numpy()  # fmt: skip
+    expected = (
+        predict_probs(model, VOCDataset(tiny_demo).load_image(image_id), MEAN, STD, scales=(2.0, 1.0), flip=False)
+        .argmax(0)
+        .numpy()
+    )
     np.testing.assert_array_equal(read_png(tmp_path / "p" / f"{image_id}.png")[2], expected)
 
 
@@ -191,11 +198,29 @@ def test_classes_mismatch_names_the_model_file(tiny_demo, tmp_path):
     meta = meta_for(tiny_demo)
     meta["classes"] = ["background", "cat", "dog"]
     with pytest.raises(ValueError, match=r"seg/model\.pt: trained on classes \['background', 'cat', 'dog'\]"):
-        _predict_with_model(PixelModel(3), meta, tiny_demo, "val", tmp_path / "out", scales=(1.0,), flip=True,
-                            crf=None, model_path="seg/model.pt")  # fmt: skip
+        _predict_with_model(
+            PixelModel(3),
+            meta,
+            tiny_demo,
+            "val",
+            tmp_path / "out",
+            scales=(1.0,),
+            flip=True,
+            crf=None,
+            model_path="seg/model.pt",
+        )
     with pytest.raises(ValueError, match=r"seg/model\.pt: 3 output channels"):
-        _predict_with_model(PixelModel(3), meta_for(tiny_demo), tiny_demo, "val", tmp_path / "out", scales=(1.0,),
-                            flip=True, crf=None, model_path="seg/model.pt")  # fmt: skip
+        _predict_with_model(
+            PixelModel(3),
+            meta_for(tiny_demo),
+            tiny_demo,
+            "val",
+            tmp_path / "out",
+            scales=(1.0,),
+            flip=True,
+            crf=None,
+            model_path="seg/model.pt",
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -210,8 +235,17 @@ def test_predict_split_loads_the_model_and_sets_threads(tiny_demo, tmp_path, mon
     monkeypatch.setattr(predict_module, "load_segmenter", load_segmenter)
     threads = torch.get_num_threads()
     try:
-        summary = predict_split(tmp_path / "model.pt", tiny_demo, "val", tmp_path / "out", scales=[1.0], flip=True,
-                                crf=None, threads=1, device="cpu")  # fmt: skip
+        summary = predict_split(
+            tmp_path / "model.pt",
+            tiny_demo,
+            "val",
+            tmp_path / "out",
+            scales=[1.0],
+            flip=True,
+            crf=None,
+            threads=1,
+            device="cpu",
+        )
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
@@ -247,8 +281,18 @@ def test_crf_worker_failure_keeps_the_old_output(tiny_demo, tmp_path):
     (out / "old.png").write_bytes(b"previous run")
     model = PixelModel(VOCDataset(tiny_demo).num_classes)
     with pytest.raises(ValueError, match="CRF blew up"):
-        _predict_with_model(model, meta_for(tiny_demo), tiny_demo, "val", out, scales=(1.0,), flip=False,
-                            crf={}, workers=2, crf_fn=failing_crf)  # fmt: skip
+        _predict_with_model(
+            model,
+            meta_for(tiny_demo),
+            tiny_demo,
+            "val",
+            out,
+            scales=(1.0,),
+            flip=False,
+            crf={},
+            workers=2,
+            crf_fn=failing_crf,
+        )
     assert [p.name for p in tmp_path.iterdir()] == ["pred"]
     assert [p.name for p in out.iterdir()] == ["old.png"]
     with pytest.raises(TypeError, match="argument crf"):
@@ -260,8 +304,7 @@ def test_dense_crf_post_processing(tiny_demo, tmp_path):
     ds = VOCDataset(tiny_demo)
     model, meta = PixelModel(ds.num_classes, seed=2), meta_for(tiny_demo)
     _predict_with_model(model, meta, tiny_demo, "val", tmp_path / "one", scales=(1.0,), flip=True, crf=CRF)
-    _predict_with_model(model, meta, tiny_demo, "val", tmp_path / "two", scales=(1.0,), flip=True, crf=CRF,
-                        workers=2)  # fmt: skip
+    _predict_with_model(model, meta, tiny_demo, "val", tmp_path / "two", scales=(1.0,), flip=True, crf=CRF, workers=2)
     got_one, got_two = _outputs(tmp_path / "one"), _outputs(tmp_path / "two")
     assert got_one.keys() == {f"{i}.png" for i in ds.ids("val")}
     assert all(np.array_equal(got_one[k], got_two[k]) for k in got_one)

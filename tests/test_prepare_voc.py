@@ -11,14 +11,30 @@ import numpy as np
 import pytest
 from PIL import Image
 from voc_archives import (
-    EXPECTED_TRAIN_AUG, OBJECTS, SBD_ONLY_MASK_CLASSES, SBD_TRAIN, SBD_VAL, VOC_TRAIN, VOC_VAL,
-    FaultyServer, build_archives, image_size, sbd_mask, voc_mask, write_sbd_tree, write_voc_tree,
-)  # fmt: skip
+    EXPECTED_TRAIN_AUG,
+    OBJECTS,
+    SBD_ONLY_MASK_CLASSES,
+    SBD_TRAIN,
+    SBD_VAL,
+    VOC_TRAIN,
+    VOC_VAL,
+    FaultyServer,
+    build_archives,
+    image_size,
+    sbd_mask,
+    voc_mask,
+    write_sbd_tree,
+    write_voc_tree,
+)
 
 from wsss_core.data.download import fetch, safe_extract
 from wsss_core.data.prepare_voc import (
-    build_aug_dataset, find_sbd_root, find_voc_root, read_sbd_mask, train_aug_ids,
-)  # fmt: skip
+    build_aug_dataset,
+    find_sbd_root,
+    find_voc_root,
+    read_sbd_mask,
+    train_aug_ids,
+)
 from wsss_core.data.voc_layout import VOC_CLASSES, VOCDataset, voc_palette
 
 
@@ -159,10 +175,16 @@ def test_end_to_end_download_extract_build(tmp_path):
     data = tmp_path / "data"
     with FaultyServer(files) as server:
         server.drop_after, server.drop_requests = 4096, 1  # the first download must resume
-        voc_archive = fetch(server.url("/voc.tar"), data / "downloads" / "voc.tar", md5["/voc.tar"],
-                            backoff_s=0, log=quiet)  # fmt: skip
-        sbd_archive = fetch(server.url("/benchmark.tgz"), data / "downloads" / "benchmark.tgz",
-                            md5["/benchmark.tgz"], backoff_s=0, log=quiet)  # fmt: skip
+        voc_archive = fetch(
+            server.url("/voc.tar"), data / "downloads" / "voc.tar", md5["/voc.tar"], backoff_s=0, log=quiet
+        )
+        sbd_archive = fetch(
+            server.url("/benchmark.tgz"),
+            data / "downloads" / "benchmark.tgz",
+            md5["/benchmark.tgz"],
+            backoff_s=0,
+            log=quiet,
+        )
         assert [r.range for r in server.requests] == [None, "bytes=4096-", None]
     voc_dir = safe_extract(voc_archive, data / "raw" / "voc", log=quiet)
     sbd_dir = safe_extract(sbd_archive, data / "raw" / "sbd", log=quiet)

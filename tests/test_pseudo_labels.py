@@ -167,7 +167,8 @@ def test_crash_mid_way_keeps_the_old_folder(demo, tmp_path, monkeypatch, workers
 
     monkeypatch.setattr(pseudo, "pseudo_label", crash_on_fourth)
     with pytest.raises(RuntimeError, match="killed mid-way"):
-        make_pseudo_labels(store, dataset.root, "val", out, threshold=0.1, fg_margin=0.0, bg_margin=0.0,
-                           crf=None, workers=workers)  # fmt: skip
+        make_pseudo_labels(
+            store, dataset.root, "val", out, threshold=0.1, fg_margin=0.0, bg_margin=0.0, crf=None, workers=workers
+        )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pseudo", "val.h5"]  # no temp folder left behind

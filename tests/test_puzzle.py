@@ -68,7 +68,8 @@ def test_terms_for_a_context_free_model_match_the_full_image_and_otherwise_pull_
     cams = model.cams(images)
     terms = PuzzleTerms(CFG, stride=1, crop_size=8)(model, images, labels, cams, progress=0.25)
     assert terms["puzzle_cls"].item() == pytest.approx(
-        F.multilabel_soft_margin_loss(cams.mean(dim=(2, 3)), labels).item(), abs=1e-6)  # fmt: skip
+        F.multilabel_soft_margin_loss(cams.mean(dim=(2, 3)), labels).item(), abs=1e-6
+    )
     assert terms["puzzle_reconstruction"].item() == pytest.approx(0.0, abs=1e-6)
 
     model = ContextSensitive()

@@ -10,10 +10,21 @@ import pytest
 import torch
 
 from wsss_core.data.voc_layout import IGNORE_INDEX
-from wsss_core.refine.random_walk import (LOG_EPS, affinity_loss, cams_to_grid, dense_full_resolution_bytes,
-                                          dense_transition_matrix, displacements, pair_affinities, pair_indices,
-                                          pair_labels, propagate_cams, random_walk, random_walk_dense,
-                                          transition_matrix)  # fmt: skip
+from wsss_core.refine.random_walk import (
+    LOG_EPS,
+    affinity_loss,
+    cams_to_grid,
+    dense_full_resolution_bytes,
+    dense_transition_matrix,
+    displacements,
+    pair_affinities,
+    pair_indices,
+    pair_labels,
+    propagate_cams,
+    random_walk,
+    random_walk_dense,
+    transition_matrix,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +39,11 @@ def _one_thread():
 def brute_force_pairs(height: int, width: int, radius: int) -> set[tuple[int, int]]:
     """Every unordered pair of cells closer than ``radius``, as (earlier, later) in raster order."""
     cells = [(y, x) for y in range(height) for x in range(width)]
-    return {(p[0] * width + p[1], q[0] * width + q[1]) for p, q in itertools.combinations(cells, 2)
-            if (p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2 < radius**2}  # fmt: skip
+    return {
+        (p[0] * width + p[1], q[0] * width + q[1])
+        for p, q in itertools.combinations(cells, 2)
+        if (p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2 < radius**2
+    }
 
 
 @pytest.mark.parametrize("height,width,radius", [(5, 6, 3), (7, 4, 5), (1, 9, 4), (3, 3, 5), (2, 2, 2), (6, 6, 2)])
@@ -85,8 +99,9 @@ def test_transition_is_row_stochastic_and_sparse_walk_equals_dense():
     assert dense.min() >= 0
     x = torch.rand(h * w, 3)
     for logt in (0, 3, 8):
-        torch.testing.assert_close(random_walk(sparse, x, logt=logt), random_walk_dense(dense, x, logt=logt),
-                                   rtol=1e-4, atol=1e-5)  # fmt: skip
+        torch.testing.assert_close(
+            random_walk(sparse, x, logt=logt), random_walk_dense(dense, x, logt=logt), rtol=1e-4, atol=1e-5
+        )
     # a row-stochastic walk keeps every score within its input's range and constants fixed
     walked = random_walk(sparse, x, logt=5)
     assert walked.min() >= x.min() - 1e-6 and walked.max() <= x.max() + 1e-6

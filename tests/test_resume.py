@@ -35,11 +35,26 @@ def test_killed_classifier_training_resumes_from_its_checkpoint(tmp_path, monkey
     # On the CPU everywhere: a GPU would finish the tiny epochs between two polls.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     # (the target goes before --configfile, which takes every name after it)
-    args = configs(tmp_path, "tiny.yaml", classifier={"method": "cam", "compare": [], "epochs": EPOCHS},
-                   pseudo_labels={"compare": []})  # fmt: skip
+    args = configs(
+        tmp_path,
+        "tiny.yaml",
+        classifier={"method": "cam", "compare": [], "epochs": EPOCHS},
+        pseudo_labels={"compare": []},
+    )
     target = f"{CLS}/model.pt"
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--cores", "2", target, *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "2",
+        target,
+        *args,
+    ]
     # Its own process group (session), so that one killpg takes Snakemake and the job it runs.
     output = tmp_path / "killed_run.out"
     with open(output, "w") as out:

@@ -8,8 +8,12 @@ from scipy import ndimage
 from test_pseudo_labels import CRF, write_store
 from wsss_core.cams.store import CAMReader
 from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset
-from wsss_core.pseudo.saliency_labels import (make_saliency_only_labels, make_saliency_pseudo_labels,
-                                             saliency_only_label, saliency_pseudo_label)  # fmt: skip
+from wsss_core.pseudo.saliency_labels import (
+    make_saliency_only_labels,
+    make_saliency_pseudo_labels,
+    saliency_only_label,
+    saliency_pseudo_label,
+)
 from wsss_core.pseudo.saliency_store import SaliencyReader, SaliencyWriter
 
 V = IGNORE_INDEX
@@ -196,6 +200,7 @@ def test_saliency_only_labels_of_a_split_need_no_cams(tiny_demo, tmp_path):
             with Image.open(tmp_path / "only" / f"{image_id}.png") as png:
                 got = np.asarray(png)
             image = dataset.load_image(image_id)
-            expected = saliency_only_label(image, np.zeros((0, *image.shape[:2])), dataset.labels(image_id),
-                                           reader.read(image_id))  # fmt: skip
+            expected = saliency_only_label(
+                image, np.zeros((0, *image.shape[:2])), dataset.labels(image_id), reader.read(image_id)
+            )
             np.testing.assert_array_equal(got, expected)

@@ -138,8 +138,11 @@ def test_tiny_demo_runs_through_the_slurm_profile_on_a_fake_cluster(tmp_path, mo
         run_snakemake(work, *use_profile, "--slurm-init-seconds-before-status-checks", "1")
     finally:
         if (state / "jobs").is_dir():  # a failed run leaves no job of the fake cluster running
-            running = [p.stem for p in (state / "jobs").glob("*.json") if p.stem.isdigit()
-                       and json.loads(p.read_text())["state"] in ("PENDING", "RUNNING")]  # fmt: skip
+            running = [
+                p.stem
+                for p in (state / "jobs").glob("*.json")
+                if p.stem.isdigit() and json.loads(p.read_text())["state"] in ("PENDING", "RUNNING")
+            ]
             if running:
                 subprocess.run([str(FAKE_SLURM / "scancel"), *running], check=False)
 
@@ -152,7 +155,8 @@ def test_tiny_demo_runs_through_the_slurm_profile_on_a_fake_cluster(tmp_path, mo
     assert table[["stage", "method", "split"]].values.tolist() == [
         *[["cams", store, "train_aug"] for store in stores],
         *[["pseudo_labels", f"{main}+{recipe}", "train_aug"] for recipe in recipes],
-        *[["segmentation", run, "val"] for run in runs]]  # fmt: skip
+        *[["segmentation", run, "val"] for run in runs],
+    ]
     assert table["mIoU"].between(0, 100).all()
 
     calls = [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()]

@@ -19,8 +19,16 @@ from wsss_core.models.deeplab import SEG_ARCH_KEYS, build_segmenter, load_segmen
 from wsss_core.train import segmentation as segmentation_module
 from wsss_core.train import checkpoint as checkpoint_module
 from wsss_core.train.checkpoint import seed_everything
-from wsss_core.train.loop import (StateBundle, autocast, grad_scaler, make_optimizer, memory_format, poly_lambda,
-                                  schedule_lambda, write_history_csv)  # fmt: skip
+from wsss_core.train.loop import (
+    StateBundle,
+    autocast,
+    grad_scaler,
+    make_optimizer,
+    memory_format,
+    poly_lambda,
+    schedule_lambda,
+    write_history_csv,
+)
 from wsss_core.train.segmentation import segmentation_loss, train_segmentation
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -29,19 +37,45 @@ LEARN_IMAGES, LEARN_STEPS, LEARN_MARGIN = 80, 96, 0.01  # 64 training images see
 
 def seg_cfg(**changes) -> dict:
     """A `segmentation` config section small enough for seconds-long CPU runs on the tiny demo."""
-    cfg = dict(model="deeplab_v3plus", backbone="efficientnet_lite0", weights="random", weights_dir=None,
-               output_stride=16, aspp_channels=32, frozen_bn=True, epochs=2, batch_size=8, optimizer="sgd", lr=0.01,
-               new_layer_lr_mult=10, momentum=0.9, weight_decay=1e-4, lr_schedule="poly", poly_power=0.9,
-               warmup_steps=0, input_scale=1.0, crop_size=48,
-               scale_range=[0.75, 1.25], flip=True, color_jitter=0.2, num_workers=0, seed=0, amp=False,
-               amp_dtype="float16", channels_last=False)  # fmt: skip
+    cfg = dict(
+        model="deeplab_v3plus",
+        backbone="efficientnet_lite0",
+        weights="random",
+        weights_dir=None,
+        output_stride=16,
+        aspp_channels=32,
+        frozen_bn=True,
+        epochs=2,
+        batch_size=8,
+        optimizer="sgd",
+        lr=0.01,
+        new_layer_lr_mult=10,
+        momentum=0.9,
+        weight_decay=1e-4,
+        lr_schedule="poly",
+        poly_power=0.9,
+        warmup_steps=0,
+        input_scale=1.0,
+        crop_size=48,
+        scale_range=[0.75, 1.25],
+        flip=True,
+        color_jitter=0.2,
+        num_workers=0,
+        seed=0,
+        amp=False,
+        amp_dtype="float16",
+        channels_last=False,
+    )
     cfg.update(changes)
     return cfg
 
 
 def outputs(tmp_path, name: str) -> dict:
-    return dict(out_model=tmp_path / f"{name}.pt", out_history_csv=tmp_path / f"{name}.csv",
-                checkpoint_dir=tmp_path / f"ck_{name}")  # fmt: skip
+    return dict(
+        out_model=tmp_path / f"{name}.pt",
+        out_history_csv=tmp_path / f"{name}.csv",
+        checkpoint_dir=tmp_path / f"ck_{name}",
+    )
 
 
 def write_labels(folder, ids, make) -> None:
@@ -71,8 +105,12 @@ def test_trains_resumes_after_a_kill_and_round_trips(tmp_path, tiny_demo, monkey
     # Round trip: the loaded model computes exactly what the trained one computed.
     model, meta = load_segmenter(tmp_path / "a.pt")
     assert not model.training and meta["labels"] == "gt" and meta["split"] == "train" and meta["config"] == cfg
-    assert meta["arch"] == {"model": "deeplab_v3plus", "backbone": "efficientnet_lite0", "output_stride": 16,
-                            "aspp_channels": 32} and meta["classes"] == list(VOCDataset(tiny_demo).classes)  # fmt: skip
+    assert meta["arch"] == {
+        "model": "deeplab_v3plus",
+        "backbone": "efficientnet_lite0",
+        "output_stride": 16,
+        "aspp_channels": 32,
+    } and meta["classes"] == list(VOCDataset(tiny_demo).classes)
     assert meta["stride"] == 16 and meta["mean"] == list(model.mean)
     x = torch.randn(2, 3, 40, 56)
     with torch.no_grad():
@@ -205,11 +243,13 @@ def test_label_problems_name_the_file_before_training(tmp_path, tiny_demo):
 
     write_labels(tmp_path / "pseudo", ids[:1], lambda i: np.full(ds.load_mask(i).shape, ds.num_classes, np.uint8))
     with pytest.raises(ValueError, match=f"{ids[0]}.png"):  # a class id the dataset does not have
-        train_segmentation(tiny_demo, "val", seg_cfg(batch_size=10), label_dir=tmp_path / "pseudo",
-                           **outputs(tmp_path, "m"))  # fmt: skip
+        train_segmentation(
+            tiny_demo, "val", seg_cfg(batch_size=10), label_dir=tmp_path / "pseudo", **outputs(tmp_path, "m")
+        )
     with pytest.raises(ValueError, match="segmentation.poly_power"):
-        train_segmentation(tiny_demo, "val", {k: v for k, v in seg_cfg().items() if k != "poly_power"},
-                           **outputs(tmp_path, "m"))  # fmt: skip
+        train_segmentation(
+            tiny_demo, "val", {k: v for k, v in seg_cfg().items() if k != "poly_power"}, **outputs(tmp_path, "m")
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="AMP runs on CUDA only")

@@ -31,10 +31,14 @@ def test_reads_voc_samples_labels_from_masks():
     assert ds.label_source == "SegmentationClass" and ds.splits() == ["samples"]
     # the classes listed in shared/README.md for these photos
     expected = {
-        "2011_000003": (5, 15), "2011_000006": (9, 15, 18), "2011_000025": (6, 7),
-        "sample_aeroplane": (1,), "sample_sheep": (17,), "sample_bird": (3,),
+        "2011_000003": (5, 15),
+        "2011_000006": (9, 15, 18),
+        "2011_000025": (6, 7),
+        "sample_aeroplane": (1,),
+        "sample_sheep": (17,),
+        "sample_bird": (3,),
         "sample_dining": (5, 9, 11, 15),
-    }  # fmt: skip
+    }
     assert {i: ds.labels(i) for i in ds.ids("samples")} == expected
     assert 255 in ds.load_mask("2011_000003")  # VOC's void border survives the palette reader
     assert ds.validate(["samples"]) == []
@@ -170,8 +174,10 @@ def test_split_ids_must_be_plain_file_names(tmp_path):
         ds.ids("train")
     problems = [str(p) for p in err.value.problems]
     assert len(problems) == len(bad) and all(p.startswith(f"{split}: line ") for p in problems)
-    assert problems[0] == f"{split}: line 2: id '../../other/JPEGImages/x' is not a plain file name " \
-                          "(contains a path separator)"  # fmt: skip
+    assert (
+        problems[0] == f"{split}: line 2: id '../../other/JPEGImages/x' is not a plain file name "
+        "(contains a path separator)"
+    )
     assert "line 3: id '..' is not a plain file name (starts with '.')" in problems[1]
     assert "line 7: id 'nul\\x00byte' is not a plain file name (contains non-printing characters U+0000)" in problems[5]
     assert "line 8: id 'bell\\x07'" in problems[6]
@@ -193,8 +199,10 @@ def test_a_byte_order_mark_is_ignored(tmp_path):
     assert ds.labels("a") == (1,) and ds.validate(["train"]) == []
     # a mark anywhere else is an invisible character in an id: refused, not looked up
     (tmp_path / "ImageSets" / "Segmentation" / "train.txt").write_text("a\n" + bom + "b\n", encoding="utf-8")
-    with pytest.raises(DatasetError, match=r"line 2: id '\\ufeffb' is not a plain file name \(contains non-printing "
-                                           r"characters U\+FEFF\)"):  # fmt: skip
+    with pytest.raises(
+        DatasetError,
+        match=r"line 2: id '\\ufeffb' is not a plain file name \(contains non-printing " r"characters U\+FEFF\)",
+    ):
         VOCDataset(tmp_path).ids("train")
 
 

@@ -44,8 +44,9 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     repo = copy_workflow(tmp_path / "repo")  # a copy whose code this test edits
     # Two (pretend) GPUs shared through the lock-file slots; without CUDA the jobs holding them run on the CPU.
     gpus = {"devices": [0, 1], "lock_dir": str(tmp_path / "gpu_locks")}
-    run_snakemake(tmp_path, "--cores", "2", "--resources", "gpu=2", *configs(tmp_path, "tiny.yaml", gpus=gpus),
-                  repo=repo)  # fmt: skip
+    run_snakemake(
+        tmp_path, "--cores", "2", "--resources", "gpu=2", *configs(tmp_path, "tiny.yaml", gpus=gpus), repo=repo
+    )
     results = tmp_path / "results" / "demo_tiny"
     summary = json.loads((results / "data" / "dataset_summary.json").read_text())
     assert summary["label_source"] == "cls_labels.json"
@@ -57,23 +58,40 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     recipes = ("confident", "saliency", "random_walk", "random_walk_saliency", "saliency_only")  # main recipe first
     # networks on the main recipe's labels and on segmentation.compare's, then the reference
     runs = (f"{main}+confident", f"{main}+saliency_only", "fully_supervised")
-    rules = {"data": ["demo_dataset", "summarize_dataset", *(f"validate_{part}" for part in PARTS)],
-             "classifier": ["train_cam", "train_coattention", f"train_{first}", f"train_{second}"],
-             "cams": ["infer_cam", "infer_coattention", "evaluate_cam", "evaluate_coattention", f"evaluate_{main}",
-                      f"infer_{first}", f"infer_{second}", f"merge_{addons}", f"evaluate_{addons}"],
-             "saliency": ["make_saliency"],
-             "affinity": [f"labels_{main}", f"train_{main}", f"random_walk_{main}"],
-             "pseudo_labels": [f"make_{main}_{r}" for r in ("confident", "saliency", "random_walk_saliency", "saliency_only")]
-                              + [f"evaluate_{main}_{r}" for r in recipes],
-             "segmentation": [f"{step}_{run}" for step in ("train", "predict", "evaluate")
-                              for run in runs],
-             "report": [f"overlays_{main}"]}  # fmt: skip
+    rules = {
+        "data": ["demo_dataset", "summarize_dataset", *(f"validate_{part}" for part in PARTS)],
+        "classifier": ["train_cam", "train_coattention", f"train_{first}", f"train_{second}"],
+        "cams": [
+            "infer_cam",
+            "infer_coattention",
+            "evaluate_cam",
+            "evaluate_coattention",
+            f"evaluate_{main}",
+            f"infer_{first}",
+            f"infer_{second}",
+            f"merge_{addons}",
+            f"evaluate_{addons}",
+        ],
+        "saliency": ["make_saliency"],
+        "affinity": [f"labels_{main}", f"train_{main}", f"random_walk_{main}"],
+        "pseudo_labels": [
+            f"make_{main}_{r}" for r in ("confident", "saliency", "random_walk_saliency", "saliency_only")
+        ]
+        + [f"evaluate_{main}_{r}" for r in recipes],
+        "segmentation": [f"{step}_{run}" for step in ("train", "predict", "evaluate") for run in runs],
+        "report": [f"overlays_{main}"],
+    }
     for topic, names in rules.items():
         for name in names:
             assert (results / "logs" / topic / f"{name}.log").is_file(), name
             assert (results / "benchmarks" / topic / f"{name}.tsv").is_file(), name
     assert "images" in (results / "data" / "class_counts.csv").read_text().splitlines()[0]
-    for log in ("classifier/train_cam", "cams/infer_cam", f"affinity/random_walk_{main}", f"segmentation/predict_{main}+confident"):
+    for log in (
+        "classifier/train_cam",
+        "cams/infer_cam",
+        f"affinity/random_walk_{main}",
+        f"segmentation/predict_{main}+confident",
+    ):
         text = (results / "logs" / f"{log}.log").read_text()
         assert re.search(r"GPU slot\(s\) \['[01]'\] held \(CUDA_VISIBLE_DEVICES=[01],", text), log
     for log in ("cams/evaluate_cam", "saliency/make_saliency"):  # CPU rules
@@ -85,8 +103,9 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     assert history["loss_exclusive"].tolist()[0] == 0 < history["loss_exclusive"].tolist()[1]  # from epoch 1 on
     for name in (first, second):  # the add-ons' loss terms, in both rounds
         history = pd.read_csv(results / "classifier" / name / "train_history.csv")
-        assert {"loss_cls", "loss_puzzle_cls", "loss_puzzle_reconstruction", "loss_sampling",
-                "loss_similarity"} <= set(history.columns), name  # fmt: skip
+        assert {"loss_cls", "loss_puzzle_cls", "loss_puzzle_reconstruction", "loss_sampling", "loss_similarity"} <= set(
+            history.columns
+        ), name
     # classifier.lr and .frozen_bn, or for +puzzle variants classifier.puzzle.lr (tiny.yaml) and .frozen_bn
     for name, lr, frozen_bn in (("cam", 0.005, True), (first, 0.001, False), (second, 0.001, False)):
         meta = torch.load(results / "classifier" / name / "model.pt", weights_only=True)["meta"]
@@ -110,7 +129,8 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     assert table[["stage", "method", "split"]].values.tolist() == [
         *[["cams", store, "train_aug"] for store in stores],
         *[["pseudo_labels", f"{main}+{recipe}", "train_aug"] for recipe in recipes],
-        *[["segmentation", run, "val"] for run in runs]]  # fmt: skip
+        *[["segmentation", run, "val"] for run in runs],
+    ]
     for row, store in enumerate(stores):
         best = json.loads((results / "cams" / store / "eval" / "best_threshold.json").read_text())
         assert table["mIoU"][row] == pytest.approx(best["mIoU"], abs=0.01) and 0 < best["mIoU"] <= 100
@@ -119,8 +139,9 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     assert ((0 <= pseudo["coverage"]) & (pseudo["coverage"] <= 100)).all() and (seg["coverage"] == 100).all()
     assert pseudo["coverage"].iloc[2] == 100  # the random walk labels every pixel
     assert seg["pct_of_fully_supervised"].iloc[-1] == 100
-    assert seg["pct_of_fully_supervised"].iloc[0] == pytest.approx(100 * seg["mIoU"].iloc[0] / seg["mIoU"].iloc[-1],
-                                                                   abs=0.1)  # fmt: skip
+    assert seg["pct_of_fully_supervised"].iloc[0] == pytest.approx(
+        100 * seg["mIoU"].iloc[0] / seg["mIoU"].iloc[-1], abs=0.1
+    )
     # Snakemake's own report: the summary, sweep, per-class tables and the overlay figure in one HTML file.
     run_snakemake(tmp_path, "--report", str(tmp_path / "report.html"), *TINY, repo=repo)
     html = (tmp_path / "report.html").read_text(errors="replace")
@@ -156,9 +177,15 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
         f.write("# edited\n")
     jobs, _ = plan(run_snakemake(tmp_path, "-n", *TINY, repo=repo).stdout)
     assert {job for job in jobs if job[0] in ("train_classifier", "train_erasing_round")} == {
-        ("train_classifier", f"method={first}"), ("train_erasing_round", f"variant={addons}, round=2")}, jobs
+        ("train_classifier", f"method={first}"),
+        ("train_erasing_round", f"variant={addons}, round=2"),
+    }, jobs
     # (inference and AffinityNet load trained classifiers but run no add-on code)
-    assert not {("infer_cams", "cams=cam"), ("infer_coattentive_cams", "method=coattention"), ("train_affinity", "")} & set(jobs)
+    assert not {
+        ("infer_cams", "cams=cam"),
+        ("infer_coattentive_cams", "method=coattention"),
+        ("train_affinity", ""),
+    } & set(jobs)
     run_snakemake(tmp_path, "--cores", "2", "--touch", *TINY, repo=repo)
     # A changed demo parameter reruns generation and everything after it.
     out = planned(*configs(tmp_path, "tiny.yaml", demo={"seed": 7}))
@@ -175,31 +202,43 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
         assert re.search(r"before: .*'scales': \[1\.0, 0\.5\].* now: .*'scales': \[1\.0\]", change), change
     assert summary["params have changed since last execution"] == {"infer_cams", "infer_coattentive_cams"}, summary
     assert jobs["evaluate_cams", "cams=cam"] == {
-        "Input files updated by another job": "results/demo_tiny/cams/cam/train_aug.h5"}  # fmt: skip
+        "Input files updated by another job": "results/demo_tiny/cams/cam/train_aug.h5"
+    }
     # (new CAMs of the first erasing round: new erased images, so the second round retrains)
     assert ("train_erasing_round", f"variant={addons}, round=2") in jobs
     # Add-on settings: the classifiers that use them, and each erasing round on its own.
-    jobs, _ = plan(run_snakemake(tmp_path, "-n", *configs(tmp_path, "tiny.yaml", classifier={"erasing": {
-        "threshold": 0.4}}), repo=repo).stdout)  # fmt: skip
+    jobs, _ = plan(
+        run_snakemake(
+            tmp_path, "-n", *configs(tmp_path, "tiny.yaml", classifier={"erasing": {"threshold": 0.4}}), repo=repo
+        ).stdout
+    )
     second_round = jobs["train_erasing_round", f"variant={addons}, round=2"]
     assert set(second_round) == {"Params have changed since last execution"}, second_round
     assert ("merge_erasing_rounds", f"variant={addons}") in jobs
     assert not {rule for rule, _ in jobs} & {"train_classifier", "infer_coattentive_cams"}
     assert ("infer_cams", f"cams={first}") not in jobs
-    jobs, _ = plan(run_snakemake(tmp_path, "-n", *configs(tmp_path, "tiny.yaml", classifier={"puzzle": {
-        "alpha": 2.0}}), repo=repo).stdout)  # fmt: skip
+    jobs, _ = plan(
+        run_snakemake(
+            tmp_path, "-n", *configs(tmp_path, "tiny.yaml", classifier={"puzzle": {"alpha": 2.0}}), repo=repo
+        ).stdout
+    )
     assert {job for job in jobs if job[0] == "train_classifier"} == {("train_classifier", f"method={first}")}
     assert ("train_erasing_round", f"variant={addons}, round=2") in jobs  # its own settings and its first round's CAMs
     # Multi-round settings: the co-attentive CAMs only, not the baseline's.
     out = run_snakemake(tmp_path, "-n", *configs(tmp_path, "tiny.yaml", cams={"references": 2}), repo=repo).stdout
     assert "infer_coattentive_cams" in out and "rule infer_cams" not in out and "train_classifier" not in out
     # Co-attention training settings: that classifier only, not the baseline.
-    out = run_snakemake(tmp_path, "-n", *configs(tmp_path, "tiny.yaml", classifier={"coattention": {
-        "self_pair_scales": [0.5]}}), repo=repo).stdout  # fmt: skip
+    out = run_snakemake(
+        tmp_path,
+        "-n",
+        *configs(tmp_path, "tiny.yaml", classifier={"coattention": {"self_pair_scales": [0.5]}}),
+        repo=repo,
+    ).stdout
     assert "method=coattention" in out and "method=cam" not in out and "rule infer_cams" not in out
     # Pseudo-label margins: the pseudo labels and the network trained on them, not the reference.
-    out = run_snakemake(tmp_path, "-n", *configs(tmp_path, "tiny.yaml", pseudo_labels={"fg_margin": 0.1}),
-                        repo=repo).stdout  # fmt: skip
+    out = run_snakemake(
+        tmp_path, "-n", *configs(tmp_path, "tiny.yaml", pseudo_labels={"fg_margin": 0.1}), repo=repo
+    ).stdout
     assert "make_pseudo_labels" in out and f"labels={main}+confident" in out
     assert "labels=fully_supervised" not in out and f"labels={main}+saliency_only" not in out
     assert "train_classifier" not in out and "infer_" not in out
@@ -212,8 +251,11 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     jobs = set(planned(*cam_threshold).split())
     assert {"make_saliency_pseudo_labels", "evaluate_pseudo_labels"} <= jobs
     assert not jobs & {"make_saliency", "random_walk", "train_affinity", "make_pseudo_labels"}
-    made = {w for rule, w in plan(run_snakemake(tmp_path, "-n", *cam_threshold, repo=repo).stdout)[0]
-            if rule == "make_saliency_pseudo_labels"}  # fmt: skip
+    made = {
+        w
+        for rule, w in plan(run_snakemake(tmp_path, "-n", *cam_threshold, repo=repo).stdout)[0]
+        if rule == "make_saliency_pseudo_labels"
+    }
     assert made == {"recipe=saliency", "recipe=random_walk_saliency"}  # saliency_only has no CAM threshold
     # Test-time scales: predictions and their evaluation only.
     out = planned(*configs(tmp_path, "tiny.yaml", evaluation={"scales": [1.0, 1.5]}))
@@ -233,8 +275,13 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
         assert jobs["evaluate_cams", f"cams={store}"] == {"Code has changed since last execution": ""}, store
     assert summary["code has changed since last execution"] == {"evaluate_cams"}, summary
     assert {"summary", "make_pseudo_labels"} <= {rule for rule, _ in jobs}
-    assert not {rule for rule, _ in jobs} & {"demo_dataset", "validate_dataset", "train_classifier", "infer_cams",
-                                            "infer_coattentive_cams"}  # fmt: skip
+    assert not {rule for rule, _ in jobs} & {
+        "demo_dataset",
+        "validate_dataset",
+        "train_classifier",
+        "infer_cams",
+        "infer_coattentive_cams",
+    }
     # A wsss_core module only the co-attentive CAM inference imports: that rule, for the "updated input" it names,
     # and its downstream; not the classifiers, the baseline's CAMs, the saliency maps or data preparation.
     coattentive_cams = "repo/wsss_core/cams/coattention.py"  # as the rule's input, relative to the working dir
@@ -245,11 +292,17 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     assert summary["updated input files"] == {"infer_coattentive_cams"}, summary
     for store in ("coattention", main):
         assert jobs["evaluate_cams", f"cams={store}"] == {
-            "Input files updated by another job": f"results/demo_tiny/cams/{store}/train_aug.h5"}  # fmt: skip
+            "Input files updated by another job": f"results/demo_tiny/cams/{store}/train_aug.h5"
+        }
     assert ("train_affinity", "") in jobs and ("train_segmentation", f"labels={main}+confident") in jobs
     assert ("train_segmentation", "labels=fully_supervised") not in jobs
-    assert not {rule for rule, _ in jobs} & {"demo_dataset", "validate_dataset", "train_classifier", "infer_cams",
-                                            "make_saliency"}  # fmt: skip
+    assert not {rule for rule, _ in jobs} & {
+        "demo_dataset",
+        "validate_dataset",
+        "train_classifier",
+        "infer_cams",
+        "make_saliency",
+    }
     # The co-attention network's module: the co-attention classifier retrains for the updated input it names, and
     # the co-attentive CAMs follow for the new model (Snakemake names only the first reason in a job's chain: the
     # upstream job, not this job's own edited inputs); still no data preparation. (The baseline's training and
@@ -261,7 +314,8 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     jobs, summary = plan(run_snakemake(tmp_path, "-n", *TINY, repo=repo).stdout)
     assert jobs["train_classifier", "method=coattention"] == {"Updated input files": coattention_net}
     assert jobs["infer_coattentive_cams", "method=coattention"] == {
-        "Input files updated by another job": "results/demo_tiny/classifier/coattention/model.pt"}  # fmt: skip
+        "Input files updated by another job": "results/demo_tiny/classifier/coattention/model.pt"
+    }
     assert summary["updated input files"] == {"train_classifier"}, summary
     assert ("evaluate_cams", f"cams={main}") in jobs and ("train_segmentation", f"labels={main}+confident") in jobs
     assert not {rule for rule, _ in jobs} & {"demo_dataset", "validate_dataset"}
@@ -276,8 +330,12 @@ def test_extra_image_sources_are_inputs_of_every_coattention_variant(tmp_path, t
         if block.startswith(("rule train_classifier:", "rule train_erasing_round:")):
             fields = dict(line.strip().partition(": ")[::2] for line in block.splitlines()[1:] if ": " in line)
             inputs[fields["wildcards"]] = fields["input"]
-    assert set(inputs) == {"method=coattention+puzzle", "method=cam", "variant=cam+erasing, round=2",
-                           "variant=cam+erasing, round=3"}, inputs  # fmt: skip
+    assert set(inputs) == {
+        "method=coattention+puzzle",
+        "method=cam",
+        "variant=cam+erasing, round=2",
+        "variant=cam+erasing, round=3",
+    }, inputs
     coattention = inputs.pop("method=coattention+puzzle")
     assert str(tiny_demo) in coattention and not any(str(tiny_demo) in line for line in inputs.values())  # plain CAMs
 
@@ -293,8 +351,9 @@ def test_bad_config_value_fails_at_parse_time_naming_the_key(tmp_path):
     assert proc.returncode != 0 and "config key dataset.root: None is not of type 'string'" in out
     missing = str(tmp_path / "no_such_maps")
     pseudo = {"recipe": "saliency"}
-    proc = run_snakemake(tmp_path, "-n", *configs(tmp_path, saliency={"source": missing}, pseudo_labels=pseudo),
-                         check=False)  # fmt: skip
+    proc = run_snakemake(
+        tmp_path, "-n", *configs(tmp_path, saliency={"source": missing}, pseudo_labels=pseudo), check=False
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and f"config key saliency.source: {missing} is neither" in out
 
@@ -343,9 +402,12 @@ def test_voc12_stage_runs_in_the_dag_against_a_local_server(tmp_path):
     files = {"/voc.tar": voc_tar.read_bytes(), "/benchmark.tgz": sbd_tgz.read_bytes()}
     with FaultyServer(files) as server:
         server.drop_after, server.drop_requests = 1024, 1  # whichever download starts first has to resume
-        voc12 = {"voc_url": server.url("/voc.tar"), "voc_md5": hashlib.md5(files["/voc.tar"]).hexdigest(),
-                 "sbd_url": server.url("/benchmark.tgz"),
-                 "sbd_md5": hashlib.md5(files["/benchmark.tgz"]).hexdigest()}  # fmt: skip
+        voc12 = {
+            "voc_url": server.url("/voc.tar"),
+            "voc_md5": hashlib.md5(files["/voc.tar"]).hexdigest(),
+            "sbd_url": server.url("/benchmark.tgz"),
+            "sbd_md5": hashlib.md5(files["/benchmark.tgz"]).hexdigest(),
+        }
         # up to the validated dataset: the later stages are the demo's tests' business
         target = "results/voc12/data/dataset_summary.json"
         run_snakemake(tmp_path, "--cores", "2", target, *configs(tmp_path, "voc12.yaml", voc12=voc12))

@@ -27,24 +27,30 @@ from wsss_core.data.voc_layout import VOC_CLASSES, voc_palette
 # id -> object class names in its XML. Each id's split membership is in the comment.
 OBJECTS = {
     "2007_000032": ["aeroplane", "person"],  # VOC train, SBD train (both masks: VOC's wins)
-    "2007_000039": ["tvmonitor"],            # VOC train, SBD val (both masks: VOC's wins)
-    "2007_000063": ["dog", "chair"],         # VOC train only
-    "2007_000121": ["bird"],                 # VOC train only
-    "2008_000002": ["cat"],                  # VOC val, SBD train -> excluded from train_aug
-    "2008_000003": ["horse", "person"],      # VOC val, SBD val   -> excluded from train_aug
-    "2008_000007": ["car"],                  # VOC val only
-    "2009_000001": ["cow"],                  # SBD train only
-    "2009_000002": ["dog", "person"],        # SBD train only; "person" is in the XML, not the mask
-    "2009_000003": ["boat"],                 # SBD val only
-    "2010_000001": ["sofa"],                 # in JPEGImages but in no split -> not in the dataset
-}  # fmt: skip
+    "2007_000039": ["tvmonitor"],  # VOC train, SBD val (both masks: VOC's wins)
+    "2007_000063": ["dog", "chair"],  # VOC train only
+    "2007_000121": ["bird"],  # VOC train only
+    "2008_000002": ["cat"],  # VOC val, SBD train -> excluded from train_aug
+    "2008_000003": ["horse", "person"],  # VOC val, SBD val   -> excluded from train_aug
+    "2008_000007": ["car"],  # VOC val only
+    "2009_000001": ["cow"],  # SBD train only
+    "2009_000002": ["dog", "person"],  # SBD train only; "person" is in the XML, not the mask
+    "2009_000003": ["boat"],  # SBD val only
+    "2010_000001": ["sofa"],  # in JPEGImages but in no split -> not in the dataset
+}
 VOC_TRAIN = ["2007_000032", "2007_000039", "2007_000063", "2007_000121"]
 VOC_VAL = ["2008_000002", "2008_000003", "2008_000007"]
 SBD_TRAIN = ["2007_000032", "2008_000002", "2009_000001", "2009_000002"]
 SBD_VAL = ["2007_000039", "2008_000003", "2009_000003"]
 EXPECTED_TRAIN_AUG = [
-    "2007_000032", "2007_000039", "2007_000063", "2007_000121", "2009_000001", "2009_000002", "2009_000003",
-]  # fmt: skip
+    "2007_000032",
+    "2007_000039",
+    "2007_000063",
+    "2007_000121",
+    "2009_000001",
+    "2009_000002",
+    "2009_000003",
+]
 SBD_ONLY_MASK_CLASSES = {"2009_000002": ["dog"]}  # mask classes differing from the XML
 
 

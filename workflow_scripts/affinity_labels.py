@@ -1,4 +1,5 @@
 """Rule affinity_labels: confident labels from the CAMs for AffinityNet training."""
+
 from wsss_core.refine.affinity_labels import make_affinity_labels
 from wsss_core.workflow import logged
 

@@ -1,4 +1,5 @@
 """Rule voc12_aug: assemble VOC 2012 + SBD into one dataset root with train_aug."""
+
 from wsss_core.data.prepare_voc import build_aug_dataset
 from wsss_core.workflow import logged
 

@@ -1,4 +1,5 @@
 """Rule evaluate_cams: background-threshold sweep of CAM mIoU against the masks."""
+
 from wsss_core.cams.evaluate import evaluate_cams, threshold_grid
 from wsss_core.workflow import logged
 

@@ -1,4 +1,5 @@
 """Rules evaluate_pseudo_labels and evaluate_segmentation: a folder of label PNGs against the masks."""
+
 from wsss_core.label_maps import evaluate_label_dir
 from wsss_core.workflow import logged
 

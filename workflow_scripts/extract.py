@@ -1,4 +1,5 @@
 """Rule extract_archive: safe, all-or-nothing extraction."""
+
 from wsss_core.data.download import safe_extract
 from wsss_core.workflow import logged
 

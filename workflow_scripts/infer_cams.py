@@ -1,4 +1,5 @@
 """Rule infer_cams: multi-scale + flip CAMs of the training split into HDF5."""
+
 from wsss_core.cams.infer import infer_cams
 from wsss_core.workflow import gpu_job, logged
 

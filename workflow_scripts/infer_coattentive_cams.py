@@ -1,4 +1,5 @@
 """Rule infer_coattentive_cams: single- and multi-round CAMs of the co-attention classifier into HDF5."""
+
 from wsss_core.cams.coattention import coattentive_cams
 from wsss_core.workflow import gpu_job, logged
 

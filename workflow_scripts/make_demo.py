@@ -1,4 +1,5 @@
 """Rule demo_dataset: write the synthetic demo dataset."""
+
 from wsss_core.data.demo import generate
 from wsss_core.workflow import logged
 

@@ -1,4 +1,5 @@
 """Rule make_pseudo_labels: CAMs + background threshold -> CRF-refined pseudo-label PNGs."""
+
 import json
 
 from wsss_core.pseudo.labels import make_pseudo_labels

@@ -1,4 +1,5 @@
 """Rule make_saliency: a saliency map per training image into HDF5."""
+
 from wsss_core.pseudo.saliency import make_saliency
 from wsss_core.workflow import logged
 

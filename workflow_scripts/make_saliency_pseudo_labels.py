@@ -1,4 +1,5 @@
 """Rule make_saliency_pseudo_labels: saliency (+ CAMs) -> pseudo-label PNGs (the MCIS recipe, or saliency alone)."""
+
 from wsss_core.pseudo.saliency_labels import make_saliency_only_labels, make_saliency_pseudo_labels
 from wsss_core.workflow import logged
 

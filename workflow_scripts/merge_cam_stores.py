@@ -1,4 +1,5 @@
 """Rule merge_erasing_rounds: the adversarial-erasing rounds' CAM stores, merged by a pixel-wise maximum."""
+
 from wsss_core.cams.merge import merge_cam_stores
 from wsss_core.workflow import logged
 

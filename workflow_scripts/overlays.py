@@ -1,4 +1,5 @@
 """Rule overlays: image | CAM | pseudo label | prediction | GT for a few training images."""
+
 from wsss_core.report.overlays import render_overlays
 from wsss_core.workflow import logged
 

@@ -1,4 +1,5 @@
 """Rule predict_segmentation: label maps of the evaluation split from a trained network."""
+
 from wsss_core.segmentation.predict import predict_split
 from wsss_core.workflow import gpu_job, logged
 

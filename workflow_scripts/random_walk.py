@@ -1,4 +1,5 @@
 """Rule random_walk: walk the CAMs over AffinityNet's affinities; labels + refined CAM store."""
+
 from wsss_core.refine.propagate import propagate_split
 from wsss_core.workflow import gpu_job, logged
 

@@ -1,4 +1,5 @@
 """Rule summarize_dataset: describe the dataset whose parts rule validate_dataset checked."""
+
 from wsss_core.data.validate import summarize_dataset
 from wsss_core.workflow import logged
 

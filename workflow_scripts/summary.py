@@ -1,4 +1,5 @@
 """Rule summary: gather the stages' rows into the dataset's summary.csv."""
+
 from wsss_core.results import collect_summary
 from wsss_core.workflow import logged
 

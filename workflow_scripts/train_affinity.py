@@ -1,4 +1,5 @@
 """Rule train_affinity: train AffinityNet on the confident labels."""
+
 from wsss_core.train.affinity import train_affinity
 from wsss_core.train.distributed import run_training
 from wsss_core.workflow import gpu_job, logged

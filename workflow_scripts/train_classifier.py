@@ -1,4 +1,5 @@
 """Rules train_classifier and train_erasing_round: train a classifier variant on the training split."""
+
 from wsss_core.train.classifier import train_classifier
 from wsss_core.train.distributed import run_training
 from wsss_core.workflow import gpu_job, logged

@@ -1,4 +1,5 @@
 """Rule train_segmentation: DeepLab on the pseudo labels, or on the GT masks for the reference."""
+
 from wsss_core.train.segmentation import train_segmentation
 from wsss_core.train.distributed import run_training
 from wsss_core.workflow import gpu_job, logged

@@ -1,4 +1,5 @@
 """Rule validate_dataset: check the labels, images or masks of one split."""
+
 from wsss_core.data.validate import validate_part
 from wsss_core.workflow import logged
 

@@ -101,12 +101,15 @@ def path_problems(cfg: dict, workdir: str | os.PathLike = ".") -> list[str]:
     for key in ("name", "train_split", "eval_split"):
         value = dataset.get(key)
         if value is not None and not is_plain_name(value):
-            problems.append(f"config key dataset.{key}: {value!r} must be a plain name (letters, digits, '_', '.', "
-                            "'-'; not starting with '.'): it names output folders and files")  # fmt: skip
+            problems.append(
+                f"config key dataset.{key}: {value!r} must be a plain name (letters, digits, '_', '.', "
+                "'-'; not starting with '.'): it names output folders and files"
+            )
     data_dir, results_dir = cfg.get("data_dir"), cfg.get("results_dir")
     if not data_dir or not results_dir:
-        return problems + [f"config key {k}: must be a non-empty path" for k in ("data_dir", "results_dir")
-                           if not cfg.get(k)]  # fmt: skip
+        return problems + [
+            f"config key {k}: must be a non-empty path" for k in ("data_dir", "results_dir") if not cfg.get(k)
+        ]
     data, results = _resolved(data_dir, workdir), _resolved(results_dir, workdir)
     if data == results:
         problems.append(f"config key results_dir: {results_dir!r} is the same folder as data_dir ({data})")
@@ -116,14 +119,18 @@ def path_problems(cfg: dict, workdir: str | os.PathLike = ".") -> list[str]:
         problems.append(f"config key data_dir: {data} lies inside results_dir ({results}); use separate folders")
     for parent, key in ((data, "data_dir"), (results, "results_dir")):
         if _inside(workdir, parent):
-            problems.append(f"config key {key}: {parent} contains the working directory {workdir}; "
-                            "outputs must live in a folder of their own")  # fmt: skip
+            problems.append(
+                f"config key {key}: {parent} contains the working directory {workdir}; "
+                "outputs must live in a folder of their own"
+            )
     if not is_plain_name(name):
         return problems
     source = dataset.get("source")
     if source in ("demo", "voc12") and name in RESERVED_DATA_NAMES:
-        problems.append(f"config key dataset.name: {name!r} is reserved: data_dir/{name} holds the downloaded "
-                        "or extracted archives")  # fmt: skip
+        problems.append(
+            f"config key dataset.name: {name!r} is reserved: data_dir/{name} holds the downloaded "
+            "or extracted archives"
+        )
     if source == "folder" and dataset.get("root"):
         root, run = _resolved(dataset["root"], workdir), results / name
         if _inside(root, run):
@@ -154,8 +161,10 @@ def relation_problems(cfg: dict) -> list[str]:
     if any("puzzle" in v.split("+") for v in variants) and "puzzle" in cls:
         tiles, stride, crop = cls["puzzle"]["tiles"], _stride(cls), cls["crop_size"]
         if crop % (tiles * stride):
-            problems.append(f"config key classifier.crop_size: {crop} must be a multiple of classifier.puzzle.tiles "
-                            f"x the backbone stride ({tiles} x {stride}) for the +puzzle variants")  # fmt: skip
+            problems.append(
+                f"config key classifier.crop_size: {crop} must be a multiple of classifier.puzzle.tiles "
+                f"x the backbone stride ({tiles} x {stride}) for the +puzzle variants"
+            )
     if cls.get("lr_policy") == "step":
         steps = cls.get("lr_decay_epochs", [])
         if steps != sorted(set(steps)):
@@ -164,34 +173,46 @@ def relation_problems(cfg: dict) -> list[str]:
     cams = cfg.get("cams", {})
     coattentive = any(v.split("+")[0] == "coattention" for v in variants) and cams.get("multiround")
     if coattentive and 1.0 not in cams.get("scales", [1.0]):
-        problems.append(f"config key cams.scales: {cams['scales']} lacks 1.0, the scale multi-round co-attentive "
-                        "CAMs are computed at (cams.multiround with a coattention classifier)")  # fmt: skip
+        problems.append(
+            f"config key cams.scales: {cams['scales']} lacks 1.0, the scale multi-round co-attentive "
+            "CAMs are computed at (cams.multiround with a coattention classifier)"
+        )
     thresholds = cams.get("eval_thresholds")
     if thresholds and thresholds["min"] > thresholds["max"]:
         problems.append(f"config key cams.eval_thresholds: min {thresholds['min']} > max {thresholds['max']}")
 
     aff = cfg.get("affinity", {})
     if aff and aff["high_alpha"] <= aff["low_alpha"]:
-        problems.append(f"config key affinity.high_alpha: {aff['high_alpha']} must exceed affinity.low_alpha "
-                        f"({aff['low_alpha']})")  # fmt: skip
+        problems.append(
+            f"config key affinity.high_alpha: {aff['high_alpha']} must exceed affinity.low_alpha "
+            f"({aff['low_alpha']})"
+        )
     if aff and aff["crop_size"] % aff["output_stride"]:
-        problems.append(f"config key affinity.crop_size: {aff['crop_size']} must be a multiple of "
-                        f"affinity.output_stride ({aff['output_stride']})")  # fmt: skip
+        problems.append(
+            f"config key affinity.crop_size: {aff['crop_size']} must be a multiple of "
+            f"affinity.output_stride ({aff['output_stride']})"
+        )
 
     pseudo = cfg.get("pseudo_labels", {})
     threshold = pseudo.get("threshold")
     if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
         if threshold + pseudo["fg_margin"] >= 1:
-            problems.append(f"config key pseudo_labels.fg_margin: threshold {threshold} + fg_margin "
-                            f"{pseudo['fg_margin']} >= 1 leaves no CAM value confident foreground")  # fmt: skip
+            problems.append(
+                f"config key pseudo_labels.fg_margin: threshold {threshold} + fg_margin "
+                f"{pseudo['fg_margin']} >= 1 leaves no CAM value confident foreground"
+            )
         if threshold - pseudo["bg_margin"] < 0:
-            problems.append(f"config key pseudo_labels.bg_margin: threshold {threshold} - bg_margin "
-                            f"{pseudo['bg_margin']} < 0 leaves no CAM value confident background")  # fmt: skip
+            problems.append(
+                f"config key pseudo_labels.bg_margin: threshold {threshold} - bg_margin "
+                f"{pseudo['bg_margin']} < 0 leaves no CAM value confident background"
+            )
 
     demo = cfg.get("demo", {})
     if cfg.get("dataset", {}).get("source") == "demo" and demo:
         n_val = round(demo["n_images"] * demo["val_fraction"])
         if n_val < 1 or n_val > demo["n_images"] - 1:
-            problems.append(f"config key demo.val_fraction: {demo['val_fraction']} of demo.n_images "
-                            f"{demo['n_images']} leaves the val or the train split empty")  # fmt: skip
+            problems.append(
+                f"config key demo.val_fraction: {demo['val_fraction']} of demo.n_images "
+                f"{demo['n_images']} leaves the val or the train split empty"
+            )
     return problems

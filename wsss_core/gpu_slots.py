@@ -70,8 +70,9 @@ def _lock_free_slots(devices: list[str], count: int, lock_dir: Path):
 
 
 @contextlib.contextmanager
-def gpu_slots(count: int, *, devices: list | None = None, lock_dir: str | Path | None = None,
-              poll_seconds: float = 2.0) -> Iterator[list[str]]:  # fmt: skip
+def gpu_slots(
+    count: int, *, devices: list | None = None, lock_dir: str | Path | None = None, poll_seconds: float = 2.0
+) -> Iterator[list[str]]:
     """Hold ``count`` GPUs for the duration; yields their ids (``[]`` when the job runs on the CPU).
 
     ``CUDA_VISIBLE_DEVICES`` is set to them inside the block (restored after), so CUDA device 0
@@ -91,8 +92,10 @@ def gpu_slots(count: int, *, devices: list | None = None, lock_dir: str | Path |
         yield []
         return
     if count > len(pool):
-        raise RuntimeError(f"the job asks for {count} GPUs but only {len(pool)} are available ({pool}; "
-                           f"config key gpus.devices or CUDA_VISIBLE_DEVICES)")  # fmt: skip
+        raise RuntimeError(
+            f"the job asks for {count} GPUs but only {len(pool)} are available ({pool}; "
+            f"config key gpus.devices or CUDA_VISIBLE_DEVICES)"
+        )
     lock_dir = Path(lock_dir) if lock_dir else default_lock_dir()
     lock_dir.mkdir(parents=True, exist_ok=True)
     waited = time.monotonic()
@@ -104,8 +107,9 @@ def gpu_slots(count: int, *, devices: list | None = None, lock_dir: str | Path |
     ids, files = got
     previous = os.environ.get("CUDA_VISIBLE_DEVICES")
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
-    log.info("GPU slot(s) %s held (CUDA_VISIBLE_DEVICES=%s, pid %d, lock dir %s)", ids, ",".join(ids), os.getpid(),
-             lock_dir)  # fmt: skip
+    log.info(
+        "GPU slot(s) %s held (CUDA_VISIBLE_DEVICES=%s, pid %d, lock dir %s)", ids, ",".join(ids), os.getpid(), lock_dir
+    )
     try:
         yield ids
     finally:

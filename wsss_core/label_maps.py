@@ -55,8 +55,10 @@ def _confusion_part(label_dir: str, root: str, ids: list[str]) -> tuple[np.ndarr
         labels = read_label_png(label_path)
         gt = dataset.load_mask(image_id)
         if labels.shape != gt.shape:
-            raise ValueError(f"{label_path}: label map is {labels.shape} (H, W) but the mask "
-                             f"{dataset.mask_path(image_id)} is {gt.shape}")  # fmt: skip
+            raise ValueError(
+                f"{label_path}: label map is {labels.shape} (H, W) but the mask "
+                f"{dataset.mask_path(image_id)} is {gt.shape}"
+            )
         # A void label removes the pixel from the count, exactly like void ground truth does.
         counted_gt = np.where(labels == IGNORE_INDEX, IGNORE_INDEX, gt)
         try:

@@ -78,11 +78,13 @@ def per_class_table(conf: np.ndarray, class_names: Sequence[str]) -> pd.DataFram
     if conf.shape != (len(class_names), len(class_names)):
         raise ValueError(f"confusion matrix {conf.shape} does not match {len(class_names)} class names")
     tp, gt_pixels, pred_pixels = np.diag(conf), conf.sum(1), conf.sum(0)
-    return pd.DataFrame({
-        "class": list(class_names),
-        "IoU": iou_from_confusion(conf),
-        "precision": _ratio(tp, pred_pixels),
-        "recall": _ratio(tp, gt_pixels),
-        "gt_pixels": gt_pixels.astype(np.int64),
-        "pred_pixels": pred_pixels.astype(np.int64),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "class": list(class_names),
+            "IoU": iou_from_confusion(conf),
+            "precision": _ratio(tp, pred_pixels),
+            "recall": _ratio(tp, gt_pixels),
+            "gt_pixels": gt_pixels.astype(np.int64),
+            "pred_pixels": pred_pixels.astype(np.int64),
+        }
+    )

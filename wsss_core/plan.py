@@ -100,15 +100,16 @@ class Plan:
         # baseline first, as summary.csv lists them
         self.classifiers = sorted({self.main_classifier, *compared}, key=_order)
         # every classifier rule train_classifier trains (erasing rounds after the first: train_erasing_round)
-        self.trained = sorted({self.round_classifiers(v)[0] if self.erasing(v) else v for v in self.classifiers},
-                              key=_order)  # fmt: skip
+        self.trained = sorted(
+            {self.round_classifiers(v)[0] if self.erasing(v) else v for v in self.classifiers}, key=_order
+        )
         self.erasing_variants = [v for v in self.classifiers if self.erasing(v)]
         # classifiers whose single-round CAMs infer_coattentive_cams writes (with the multi-round ones),
         # and those whose CAMs infer_cams writes
         self.coattentive = [t for t in self.trained if self.multiround(t)]
         self.plain_cams = [t for t in self.trained if not self.multiround(t)] + [
             r for v in self.erasing_variants for r in self.round_classifiers(v)[1:]
-        ]  # fmt: skip
+        ]
         self.cam_stores = _unique(s for v in self.classifiers for s in self.cams_of(v))
         # the CAMs that make the pseudo labels: the best the main classifier offers
         self.main_cams = self.cams_of(self.main_classifier)[-1]
@@ -125,7 +126,7 @@ class Plan:
         self.main_run = f"{self.main_cams}+{self.recipe}"
         self.seg_runs = [f"{self.main_cams}+{r}" for r in self.seg_recipes] + (
             [REFERENCE] if config["evaluation"]["fully_supervised"] else []
-        )  # fmt: skip
+        )
 
     # ---------------------------------------------------------------- classifiers and their CAMs
 

@@ -65,8 +65,9 @@ def add_reference_ratio(table: pd.DataFrame, reference: str) -> pd.DataFrame:
     return table
 
 
-def collect_summary(row_csvs: Sequence[str | os.PathLike], out_csv: str | os.PathLike,
-                    reference: str | None = None) -> pd.DataFrame:  # fmt: skip
+def collect_summary(
+    row_csvs: Sequence[str | os.PathLike], out_csv: str | os.PathLike, reference: str | None = None
+) -> pd.DataFrame:
     """Concatenate row files, in the order given (the pipeline's stage order), into ``out_csv``.
 
     ``reference``: the method of the fully-supervised row, see the module docstring.

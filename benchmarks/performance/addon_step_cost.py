@@ -37,13 +37,19 @@ def main() -> None:
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, args.crop, args.crop)
     labels = (torch.rand(args.batch, args.classes) < 0.4).float()
-    print(f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch} x {args.crop} px, "
-          f"{args.steps} timed steps after 2 warm-up steps")  # fmt: skip
+    print(
+        f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch} x {args.crop} px, "
+        f"{args.steps} timed steps after 2 warm-up steps"
+    )
     base = None
     for addons in ([], ["puzzle"], ["binomial"], ["puzzle", "binomial"]):
         model = build_classifier(architecture({**cfg, "method": "cam"}), args.classes).to(device).train()
-        terms = loss_addons({**cfg, "crop_size": args.crop, "addons": addons}, model.backbone.stride,
-                            model.backbone.mean, model.backbone.std)  # fmt: skip
+        terms = loss_addons(
+            {**cfg, "crop_size": args.crop, "addons": addons},
+            model.backbone.stride,
+            model.backbone.mean,
+            model.backbone.std,
+        )
         objective = CAMObjective(None, terms)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
         times = []

@@ -39,21 +39,44 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}")
 
     start = time.perf_counter()
-    train_classifier(root, split, cfg["classifier"], out_model=out / "model.pt", out_history_csv=out / "history.csv",
-                     checkpoint_dir=out / "checkpoints", threads=args.threads)  # fmt: skip
+    train_classifier(
+        root,
+        split,
+        cfg["classifier"],
+        out_model=out / "model.pt",
+        out_history_csv=out / "history.csv",
+        checkpoint_dir=out / "checkpoints",
+        threads=args.threads,
+    )
     t_train = time.perf_counter() - start
     c = cfg["cams"]
     start = time.perf_counter()
-    infer_cams(root, split, out / "model.pt", out / "cams.h5", scales=c["scales"], flip=c["flip"],
-               batch_size=c["batch_size"], num_workers=c["num_workers"], threads=args.threads)  # fmt: skip
+    infer_cams(
+        root,
+        split,
+        out / "model.pt",
+        out / "cams.h5",
+        scales=c["scales"],
+        flip=c["flip"],
+        batch_size=c["batch_size"],
+        num_workers=c["num_workers"],
+        threads=args.threads,
+    )
     t_infer = time.perf_counter() - start
     t = c["eval_thresholds"]
     start = time.perf_counter()
-    best = evaluate_cams(out / "cams.h5", root, split,
-                         thresholds=threshold_grid(t["min"], t["max"], t["step"]),
-                         out_csv=out / "sweep.csv", out_png=out / "sweep.png", out_best_json=out / "best.json",
-                         out_per_class_csv=out / "per_class.csv", method=cfg["classifier"]["method"],
-                         summary_row_csv=out / "row.csv")  # fmt: skip
+    best = evaluate_cams(
+        out / "cams.h5",
+        root,
+        split,
+        thresholds=threshold_grid(t["min"], t["max"], t["step"]),
+        out_csv=out / "sweep.csv",
+        out_png=out / "sweep.png",
+        out_best_json=out / "best.json",
+        out_per_class_csv=out / "per_class.csv",
+        method=cfg["classifier"]["method"],
+        summary_row_csv=out / "row.csv",
+    )
     t_eval = time.perf_counter() - start
     print(f"train {t_train:.1f} s, CAM inference {t_infer:.1f} s (scales {c['scales']}), evaluation {t_eval:.1f} s")
     print("best:", json.dumps(best))

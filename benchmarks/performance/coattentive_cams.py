@@ -47,24 +47,46 @@ def main() -> None:
     references = args.references or c["references"]
     out = Path(args.out)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}, "
-          f"threads {args.threads}, scales {c['scales']}, flip {c['flip']}, R = {references}")  # fmt: skip
-    common = dict(scales=c["scales"], flip=c["flip"], batch_size=c["batch_size"], num_workers=c["num_workers"],
-                  threads=args.threads)  # fmt: skip
+    print(
+        f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}, "
+        f"threads {args.threads}, scales {c['scales']}, flip {c['flip']}, R = {references}"
+    )
+    common = dict(
+        scales=c["scales"],
+        flip=c["flip"],
+        batch_size=c["batch_size"],
+        num_workers=c["num_workers"],
+        threads=args.threads,
+    )
     single, multi, pairs = [], [], 0
     for repeat in range(args.repeats):
         start = time.perf_counter()
         infer_cams(args.root, split, args.model, out / "single_round.h5", **common)
         single.append(time.perf_counter() - start)
         start = time.perf_counter()
-        summary = coattentive_cams(args.root, split, args.model, out / "both_single.h5", out / "multi_round.h5",
-                                   references=references, seed=c["seed"], **common)  # fmt: skip
+        summary = coattentive_cams(
+            args.root,
+            split,
+            args.model,
+            out / "both_single.h5",
+            out / "multi_round.h5",
+            references=references,
+            seed=c["seed"],
+            **common,
+        )
         multi.append(time.perf_counter() - start)
         pairs = summary["reference_pairs"]
-        print(f"repeat {repeat + 1}: single-round {single[-1]:.1f} s, multi-round (+ single) {multi[-1]:.1f} s",
-              flush=True)  # fmt: skip
-    result = {"images": summary["images"], "reference_pairs": pairs, "single_round_s": round(min(single), 2),
-              "multi_round_s": round(min(multi), 2), "ratio": round(min(multi) / min(single), 3)}  # fmt: skip
+        print(
+            f"repeat {repeat + 1}: single-round {single[-1]:.1f} s, multi-round (+ single) {multi[-1]:.1f} s",
+            flush=True,
+        )
+    result = {
+        "images": summary["images"],
+        "reference_pairs": pairs,
+        "single_round_s": round(min(single), 2),
+        "multi_round_s": round(min(multi), 2),
+        "ratio": round(min(multi) / min(single), 3),
+    }
     print(json.dumps(result))
 
 

@@ -27,8 +27,10 @@ def build(root: Path, n_train: int, n_val: int, image_kb: int, mask_kb: int) -> 
         (root / sub).mkdir(parents=True)
     files = []
     for image_id in ids:
-        for path, kb in ((root / "JPEGImages" / f"{image_id}.jpg", image_kb),
-                         (root / "SegmentationClass" / f"{image_id}.png", mask_kb)):  # fmt: skip
+        for path, kb in (
+            (root / "JPEGImages" / f"{image_id}.jpg", image_kb),
+            (root / "SegmentationClass" / f"{image_id}.png", mask_kb),
+        ):
             path.write_bytes(os.urandom(kb * 1024))
             files.append(path)
     split_dir = root / "ImageSets" / "Segmentation"

@@ -26,9 +26,11 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 summary = generate(Path(tmp) / "demo", **DEFAULT, workers=workers)
             seconds = summary["seconds"]
-            print(f"workers={workers}: {seconds:.2f} s, {DEFAULT['n_images'] / seconds:.0f} images/s, "
-                  f"splits {summary['splits']}, mean labels/image {summary['mean_labels_per_image']:.2f}, "
-                  f"images per class {summary['class_images']}")  # fmt: skip
+            print(
+                f"workers={workers}: {seconds:.2f} s, {DEFAULT['n_images'] / seconds:.0f} images/s, "
+                f"splits {summary['splits']}, mean labels/image {summary['mean_labels_per_image']:.2f}, "
+                f"images per class {summary['class_images']}"
+            )
 
 
 if __name__ == "__main__":

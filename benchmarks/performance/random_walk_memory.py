@@ -79,21 +79,27 @@ def main() -> None:
         source = f"{args.image.name}, AffinityNet forward {secs:.2f} s, peak +{mib:.0f} MiB"
     n = grid[0] * grid[1]
     pairs = len(pair_indices(*grid, WALK["radius"])[0])
-    print(f"torch {torch.__version__}, {args.threads} thread(s); image {WIDTH}x{HEIGHT}, grid {grid[0]}x{grid[1]} "
-          f"= {n} cells at stride {STRIDE}, {pairs} pairs (radius {WALK['radius']}); embedding: {source}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s); image {WIDTH}x{HEIGHT}, grid {grid[0]}x{grid[1]} "
+        f"= {n} cells at stride {STRIDE}, {pairs} pairs (radius {WALK['radius']}); embedding: {source}"
+    )
 
     (labels_s, maps_s), t_s, m_s = measured(lambda: propagate_cams(embedding, cams, [1, 2], **WALK))
     (labels_d, maps_d), t_d, m_d = measured(lambda: propagate_cams(embedding, cams, [1, 2], dense=True, **WALK))
-    print(f"sparse walk ({2**WALK['logt']} products, CSR, {2 * pairs + n} non-zeros): {t_s:7.3f} s, "
-          f"peak +{m_s:7.1f} MiB")  # fmt: skip
+    print(
+        f"sparse walk ({2**WALK['logt']} products, CSR, {2 * pairs + n} non-zeros): {t_s:7.3f} s, "
+        f"peak +{m_s:7.1f} MiB"
+    )
     print(f"dense walk  ({WALK['logt']} squarings of {n}x{n}):               {t_d:7.3f} s, peak +{m_d:7.1f} MiB")
     print(f"dense / sparse: time x{t_d / t_s:.1f}, memory x{m_d / max(m_s, 0.1):.1f}")
     agree = float((labels_s == labels_d).mean())
     diff = float(np.abs(maps_s - maps_d).max())
     print(f"agreement: labels {100 * agree:.4f} % of pixels equal, walked maps max |diff| {diff:.2e}")
     full = dense_full_resolution_bytes(HEIGHT, WIDTH) / 2**30
-    print(f"one dense {n}x{n} fp32 matrix: {n * n * 4 / 2**20:.1f} MiB; a dense full-resolution "
-          f"{HEIGHT * WIDTH}x{HEIGHT * WIDTH} fp32 matrix would need {full:,.1f} GiB (computed, not allocated)")
+    print(
+        f"one dense {n}x{n} fp32 matrix: {n * n * 4 / 2**20:.1f} MiB; a dense full-resolution "
+        f"{HEIGHT * WIDTH}x{HEIGHT * WIDTH} fp32 matrix would need {full:,.1f} GiB (computed, not allocated)"
+    )
     if agree < 0.999 or diff > 1e-3:
         raise SystemExit("sparse and dense walks disagree")
 

@@ -19,8 +19,13 @@ def rule_times(results: Path) -> pd.DataFrame:
     rows = []
     for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
         record = pd.read_csv(tsv, sep="\t").iloc[-1]
-        rows.append({"job": tsv.relative_to(results / "benchmarks").with_suffix("").as_posix(),
-                     "seconds": float(record["s"]), "max_rss_MB": float(record["max_rss"])})  # fmt: skip
+        rows.append(
+            {
+                "job": tsv.relative_to(results / "benchmarks").with_suffix("").as_posix(),
+                "seconds": float(record["s"]),
+                "max_rss_MB": float(record["max_rss"]),
+            }
+        )
     if not rows:
         raise SystemExit(f"{results}/benchmarks: no benchmark files (has the workflow run there?)")
     return pd.DataFrame(rows).sort_values("seconds", ascending=False, ignore_index=True)

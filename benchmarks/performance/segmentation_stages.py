@@ -45,20 +45,49 @@ def main() -> None:
     for run, labels in (("pseudo", args.pseudo_labels), ("fully_supervised", None)):
         d = out / run
         start = time.perf_counter()
-        train_segmentation(root, train_split, cfg["segmentation"], label_dir=labels, out_model=d / "model.pt",
-                           out_history_csv=d / "history.csv", checkpoint_dir=d / "checkpoints",
-                           threads=args.threads)  # fmt: skip
+        train_segmentation(
+            root,
+            train_split,
+            cfg["segmentation"],
+            label_dir=labels,
+            out_model=d / "model.pt",
+            out_history_csv=d / "history.csv",
+            checkpoint_dir=d / "checkpoints",
+            threads=args.threads,
+        )
         t_train = time.perf_counter() - start
         start = time.perf_counter()
-        predict_split(d / "model.pt", root, eval_split, d / "predictions", scales=ev["scales"], flip=ev["flip"],
-                      crf=cfg["crf"] if ev["crf"] else None, threads=args.threads, workers=args.threads)  # fmt: skip
+        predict_split(
+            d / "model.pt",
+            root,
+            eval_split,
+            d / "predictions",
+            scales=ev["scales"],
+            flip=ev["flip"],
+            crf=cfg["crf"] if ev["crf"] else None,
+            threads=args.threads,
+            workers=args.threads,
+        )
         t_predict = time.perf_counter() - start
-        rows[run] = evaluate_label_dir(d / "predictions", root, eval_split, stage="segmentation", method=run,
-                                       out_per_class_csv=d / "per_class.csv", summary_row_csv=d / "row.csv")  # fmt: skip
-        print(f"{run}: train {t_train:.1f} s, predict {t_predict:.1f} s, {eval_split} mIoU {rows[run]['mIoU']:.2f}",
-              flush=True)  # fmt: skip
+        rows[run] = evaluate_label_dir(
+            d / "predictions",
+            root,
+            eval_split,
+            stage="segmentation",
+            method=run,
+            out_per_class_csv=d / "per_class.csv",
+            summary_row_csv=d / "row.csv",
+        )
+        print(
+            f"{run}: train {t_train:.1f} s, predict {t_predict:.1f} s, {eval_split} mIoU {rows[run]['mIoU']:.2f}",
+            flush=True,
+        )
     ratio = 100 * rows["pseudo"]["mIoU"] / rows["fully_supervised"]["mIoU"]
-    print(json.dumps({run: round(row["mIoU"], 2) for run, row in rows.items()} | {"pct_of_fully_supervised": round(ratio, 1)}))
+    print(
+        json.dumps(
+            {run: round(row["mIoU"], 2) for run, row in rows.items()} | {"pct_of_fully_supervised": round(ratio, 1)}
+        )
+    )
 
 
 if __name__ == "__main__":

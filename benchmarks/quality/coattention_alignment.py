@@ -88,14 +88,22 @@ def main() -> None:
                 effective.append((entropy.exp().mean().item(), attention.shape[1]))
             pooled[-1] = (pooled[-1], zeros)
     means = torch.stack([p for p, _ in pooled])
-    print(f"model {'(untrained) ' if args.init else ''}{args.model}, {len(share)} (n, r, class) triples "
-          f"from {len(pooled)} images of {args.root}")
-    print(f"attention mass on r's class region: from n's class region {np.mean(from_object):.3f}, "
-          f"from n's background {np.mean(from_background):.3f}; the region's share of r {np.mean(share):.3f}")
-    print(f"effective attended positions {np.mean([e for e, _ in effective]):.1f} "
-          f"of {np.mean([n for _, n in effective]):.0f} on average")
-    print(f"features: zero share {np.mean([z for _, z in pooled]):.3f}, "
-          f"std across images of channel means {means.std(0).mean().item():.4f}")
+    print(
+        f"model {'(untrained) ' if args.init else ''}{args.model}, {len(share)} (n, r, class) triples "
+        f"from {len(pooled)} images of {args.root}"
+    )
+    print(
+        f"attention mass on r's class region: from n's class region {np.mean(from_object):.3f}, "
+        f"from n's background {np.mean(from_background):.3f}; the region's share of r {np.mean(share):.3f}"
+    )
+    print(
+        f"effective attended positions {np.mean([e for e, _ in effective]):.1f} "
+        f"of {np.mean([n for _, n in effective]):.0f} on average"
+    )
+    print(
+        f"features: zero share {np.mean([z for _, z in pooled]):.3f}, "
+        f"std across images of channel means {means.std(0).mean().item():.4f}"
+    )
 
 
 if __name__ == "__main__":

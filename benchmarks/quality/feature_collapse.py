@@ -57,10 +57,17 @@ def main() -> None:
     parser.add_argument("--resize-long", type=int, nargs=2, default=cfg["resize_long"])
     parser.add_argument("--batch", type=int, default=cfg["batch_size"])
     parser.add_argument("--epochs", type=int, default=cfg["epochs"], help="the full training's length")
-    parser.add_argument("--new-layer-lr-mult", type=float, default=cfg["new_layer_lr_mult"],
-                        help="the class conv's rate over the backbone's")
-    parser.add_argument("--frozen-bn", action=argparse.BooleanOptionalAction,
-                        help="BatchNorm with ImageNet statistics, untrained (default: the variant's, config.yaml)")
+    parser.add_argument(
+        "--new-layer-lr-mult",
+        type=float,
+        default=cfg["new_layer_lr_mult"],
+        help="the class conv's rate over the backbone's",
+    )
+    parser.add_argument(
+        "--frozen-bn",
+        action=argparse.BooleanOptionalAction,
+        help="BatchNorm with ImageNet statistics, untrained (default: the variant's, config.yaml)",
+    )
     parser.add_argument("--warmup", type=int, default=0, help="linear lr warm-up steps (0: none, as training)")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--every", type=int, default=10)
@@ -78,22 +85,41 @@ def main() -> None:
     args.lr = cfg["lr"] if args.lr is None else args.lr
     args.frozen_bn = cfg["frozen_bn"] if args.frozen_bn is None else args.frozen_bn
     ds = VOCDataset(args.root)
-    model = build_classifier(architecture(cfg), ds.num_classes - 1, weights=cfg["weights"],
-                             weights_dir=cfg["weights_dir"], frozen_bn=args.frozen_bn)  # fmt: skip
+    model = build_classifier(
+        architecture(cfg),
+        ds.num_classes - 1,
+        weights=cfg["weights"],
+        weights_dir=cfg["weights_dir"],
+        frozen_bn=args.frozen_bn,
+    )
     bb = model.backbone
-    augment = Augment(args.crop, tuple(args.resize_long), tuple(bb.mean), tuple(bb.std), flip=cfg["flip"],
-                      color_jitter=cfg["color_jitter"])  # fmt: skip
+    augment = Augment(
+        args.crop,
+        tuple(args.resize_long),
+        tuple(bb.mean),
+        tuple(bb.std),
+        flip=cfg["flip"],
+        color_jitter=cfg["color_jitter"],
+    )
     data = LabelledImages(ds, ds.ids(args.split), augment)
     objective = CAMObjective(data, loss_addons(cfg, bb.stride, bb.mean, bb.std))
     loader = torch.utils.data.DataLoader(data, args.batch, shuffle=True, drop_last=True)
     total = len(loader) * args.epochs
-    optimizer = make_optimizer("sgd", *model.param_groups(), lr=args.lr, new_layer_lr_mult=args.new_layer_lr_mult,
-                               momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])  # fmt: skip
+    optimizer = make_optimizer(
+        "sgd",
+        *model.param_groups(),
+        lr=args.lr,
+        new_layer_lr_mult=args.new_layer_lr_mult,
+        momentum=cfg["momentum"],
+        weight_decay=cfg["weight_decay"],
+    )
     poly = poly_lambda(total, cfg["poly_power"])
     warmup = max(args.warmup, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: poly(step) * min(1.0, (step + 1) / warmup))
-    print(f"{args.variant} on {args.root} ({len(data)} images, crop {args.crop}), lr {args.lr}, alpha {args.alpha}, "
-          f"frozen BN {args.frozen_bn}, {args.steps} of {total} steps, warm-up {args.warmup}")  # fmt: skip
+    print(
+        f"{args.variant} on {args.root} ({len(data)} images, crop {args.crop}), lr {args.lr}, alpha {args.alpha}, "
+        f"frozen BN {args.frozen_bn}, {args.steps} of {total} steps, warm-up {args.warmup}"
+    )
     model.train()
     sums, start = {}, time.perf_counter()
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
@@ -108,8 +134,11 @@ def main() -> None:
         if step % args.every == 0:
             cam_std, feature_std = spreads(model, images, labels)
             losses = "  ".join(f"{name} {value:.3f}" for name, value in sums.items())
-            print(f"step {step:4d}  {losses}  cam_std {cam_std:.3f}  feature_std {feature_std:.4f}  "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+            print(
+                f"step {step:4d}  {losses}  cam_std {cam_std:.3f}  feature_std {feature_std:.4f}  "
+                f"{time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
             sums = {}
 
 

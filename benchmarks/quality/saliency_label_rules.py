@@ -85,8 +85,10 @@ def main() -> None:
     voided = dict.fromkeys(rows, 0)
     counts, valid = {"single": 0, "multi": 0}, {"single": 0, "multi": 0}
     results = Path(args.results)
-    with CAMReader(results / "cams" / args.cams / f"{split}.h5") as cams, \
-            SaliencyReader(results / "saliency" / f"{split}.h5") as saliency:  # fmt: skip
+    with (
+        CAMReader(results / "cams" / args.cams / f"{split}.h5") as cams,
+        SaliencyReader(results / "saliency" / f"{split}.h5") as saliency,
+    ):
         for image_id in dataset.ids(split):
             maps, class_ids = cams.read(image_id)
             if not class_ids:
@@ -100,15 +102,19 @@ def main() -> None:
                 voided[name] += int((out == IGNORE_INDEX).all())
                 keep = out != IGNORE_INDEX
                 conf[name, group] += confusion_matrix(gt[keep], out[keep], n)
-    print(f"{split} of {dataset.root}: {counts['single']} single-label, {counts['multi']} multi-label photos; "
-          "mIoU over labelled pixels / coverage of the GT-valid pixels (%)")  # fmt: skip
+    print(
+        f"{split} of {dataset.root}: {counts['single']} single-label, {counts['multi']} multi-label photos; "
+        "mIoU over labelled pixels / coverage of the GT-valid pixels (%)"
+    )
     print(f"{'rule':56s} {'single mIoU':>11s} {'cover':>6s} {'multi mIoU':>10s} {'cover':>6s} {'all-void':>8s}")
     for name in rows:
         cells = []
         for group in ("single", "multi"):
             c = conf[name, group]
-            cells += [f"{100 * miou(c):11.2f}" if group == "single" else f"{100 * miou(c):10.2f}",
-                      f"{100 * c.sum() / max(valid[group], 1):6.2f}"]  # fmt: skip
+            cells += [
+                f"{100 * miou(c):11.2f}" if group == "single" else f"{100 * miou(c):10.2f}",
+                f"{100 * c.sum() / max(valid[group], 1):6.2f}",
+            ]
         print(f"{name:56s} {' '.join(cells)} {voided[name]:8d}")
 
 

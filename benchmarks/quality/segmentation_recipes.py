@@ -59,9 +59,12 @@ def main() -> None:
     base.update({k: v for k, v in (("epochs", args.epochs), ("crop_size", args.crop)) if v is not None})
     ev = cfg["evaluation"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}, "
-          f"labels: {args.labels or 'GT masks'}, {base['epochs']} epochs x batch {base['batch_size']}, "
-          f"crop {base['crop_size']}", flush=True)  # fmt: skip
+    print(
+        f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}, "
+        f"labels: {args.labels or 'GT masks'}, {base['epochs']} epochs x batch {base['batch_size']}, "
+        f"crop {base['crop_size']}",
+        flush=True,
+    )
     rows = []
     for name in args.only or CANDIDATES:
         seg = {**base, **CANDIDATES[name]}
@@ -71,18 +74,44 @@ def main() -> None:
             n = len((Path(root) / "ImageSets" / "Segmentation" / f"{train_split}.txt").read_text().split())
             steps = n // seg["batch_size"] * seg["epochs"]
             seg["warmup_steps"] = int(steps * float(seg["warmup_steps"][:-1]) / 100)
-        result = train_segmentation(root, train_split, seg, label_dir=args.labels, out_model=d / "model.pt",
-                                    out_history_csv=d / "history.csv", checkpoint_dir=d / "checkpoints",
-                                    threads=args.threads)  # fmt: skip
+        result = train_segmentation(
+            root,
+            train_split,
+            seg,
+            label_dir=args.labels,
+            out_model=d / "model.pt",
+            out_history_csv=d / "history.csv",
+            checkpoint_dir=d / "checkpoints",
+            threads=args.threads,
+        )
         t_train = time.perf_counter() - start
-        predict_split(d / "model.pt", root, eval_split, d / "predictions", scales=ev["scales"], flip=ev["flip"],
-                      crf=cfg["crf"] if ev["crf"] else None, threads=args.threads, workers=args.threads)  # fmt: skip
-        row = evaluate_label_dir(d / "predictions", root, eval_split, stage="segmentation", method=name,
-                                 out_per_class_csv=d / "per_class.csv", summary_row_csv=d / "row.csv")  # fmt: skip
+        predict_split(
+            d / "model.pt",
+            root,
+            eval_split,
+            d / "predictions",
+            scales=ev["scales"],
+            flip=ev["flip"],
+            crf=cfg["crf"] if ev["crf"] else None,
+            threads=args.threads,
+            workers=args.threads,
+        )
+        row = evaluate_label_dir(
+            d / "predictions",
+            root,
+            eval_split,
+            stage="segmentation",
+            method=name,
+            out_per_class_csv=d / "per_class.csv",
+            summary_row_csv=d / "row.csv",
+        )
         steps = result["images"] // min(seg["batch_size"], result["images"]) * seg["epochs"]
         rows.append((name, steps, t_train, result["final_pixel_acc"], row["mIoU"]))
-        print(f"{name}: {steps} steps, train {t_train:.0f} s, train pixel acc {result['final_pixel_acc']:.3f}, "
-              f"{eval_split} mIoU {row['mIoU']:.2f}", flush=True)  # fmt: skip
+        print(
+            f"{name}: {steps} steps, train {t_train:.0f} s, train pixel acc {result['final_pixel_acc']:.3f}, "
+            f"{eval_split} mIoU {row['mIoU']:.2f}",
+            flush=True,
+        )
     print(f"\n{'candidate':<26}{'steps':>6}{'train s':>9}{'pix acc':>9}{'mIoU':>8}")
     for name, steps, t_train, acc, miou in rows:
         print(f"{name:<26}{steps:>6}{t_train:>9.0f}{acc:>9.3f}{miou:>8.2f}")

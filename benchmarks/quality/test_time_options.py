@@ -52,11 +52,27 @@ def main() -> None:
         scales, flip, crf = OPTIONS[name]
         d = out / name.replace(",", "_").replace("+", "-")
         start = time.perf_counter()
-        result = predict_split(args.model, root, split, d / "predictions", scales=scales, flip=flip,
-                               crf=cfg["crf"] if crf else None, threads=args.threads, workers=args.threads)  # fmt: skip
+        result = predict_split(
+            args.model,
+            root,
+            split,
+            d / "predictions",
+            scales=scales,
+            flip=flip,
+            crf=cfg["crf"] if crf else None,
+            threads=args.threads,
+            workers=args.threads,
+        )
         seconds = (time.perf_counter() - start) / max(1, result["images"])
-        row = evaluate_label_dir(d / "predictions", root, split, stage="segmentation", method=name,
-                                 out_per_class_csv=d / "per_class.csv", summary_row_csv=d / "row.csv")  # fmt: skip
+        row = evaluate_label_dir(
+            d / "predictions",
+            root,
+            split,
+            stage="segmentation",
+            method=name,
+            out_per_class_csv=d / "per_class.csv",
+            summary_row_csv=d / "row.csv",
+        )
         rows.append((name, row["mIoU"], seconds))
         print(f"{name}: mIoU {row['mIoU']:.2f}, {seconds:.2f} s per image", flush=True)
     print(f"\n{'option':<26}{'mIoU':>8}{'s/image':>9}")

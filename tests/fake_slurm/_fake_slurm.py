@@ -229,27 +229,93 @@ def gpu_count(options: dict) -> int:
 
 SBATCH_SHORT = "A:a:b:C:c:D:d:e:G:HhJ:L:M:m:N:n:o:p:Qq:t:VvW:w:x:"
 SBATCH_LONG = [
-    "account=", "array=", "begin=", "chdir=", "workdir=", "clusters=", "cluster=", "comment=",
-    "constraint=", "cpus-per-gpu=", "cpus-per-task=", "dependency=", "error=", "exclude=",
-    "exclusive", "export=", "gpus=", "gpus-per-node=", "gpus-per-task=", "gres=", "hold",
-    "job-name=", "mail-type=", "mail-user=", "mem=", "mem-per-cpu=", "mem-per-gpu=", "nodelist=",
-    "nodes=", "ntasks=", "ntasks-per-gpu=", "ntasks-per-node=", "no-requeue", "output=",
-    "parsable", "partition=", "qos=", "quiet", "requeue", "reservation=", "signal=", "test-only",
-    "time=", "tmp=", "verbose", "wait", "wrap=",
-]  # fmt: skip
+    "account=",
+    "array=",
+    "begin=",
+    "chdir=",
+    "workdir=",
+    "clusters=",
+    "cluster=",
+    "comment=",
+    "constraint=",
+    "cpus-per-gpu=",
+    "cpus-per-task=",
+    "dependency=",
+    "error=",
+    "exclude=",
+    "exclusive",
+    "export=",
+    "gpus=",
+    "gpus-per-node=",
+    "gpus-per-task=",
+    "gres=",
+    "hold",
+    "job-name=",
+    "mail-type=",
+    "mail-user=",
+    "mem=",
+    "mem-per-cpu=",
+    "mem-per-gpu=",
+    "nodelist=",
+    "nodes=",
+    "ntasks=",
+    "ntasks-per-gpu=",
+    "ntasks-per-node=",
+    "no-requeue",
+    "output=",
+    "parsable",
+    "partition=",
+    "qos=",
+    "quiet",
+    "requeue",
+    "reservation=",
+    "signal=",
+    "test-only",
+    "time=",
+    "tmp=",
+    "verbose",
+    "wait",
+    "wrap=",
+]
 SBATCH_ALIASES = {
-    "A": "account", "a": "array", "C": "constraint", "c": "cpus-per-task", "D": "chdir",
-    "workdir": "chdir", "d": "dependency", "e": "error", "G": "gpus", "H": "hold", "J": "job-name",
-    "M": "clusters", "cluster": "clusters", "N": "nodes", "n": "ntasks", "o": "output",
-    "p": "partition", "Q": "quiet", "q": "qos", "t": "time", "v": "verbose", "W": "wait",
-    "w": "nodelist", "x": "exclude",
-}  # fmt: skip
+    "A": "account",
+    "a": "array",
+    "C": "constraint",
+    "c": "cpus-per-task",
+    "D": "chdir",
+    "workdir": "chdir",
+    "d": "dependency",
+    "e": "error",
+    "G": "gpus",
+    "H": "hold",
+    "J": "job-name",
+    "M": "clusters",
+    "cluster": "clusters",
+    "N": "nodes",
+    "n": "ntasks",
+    "o": "output",
+    "p": "partition",
+    "Q": "quiet",
+    "q": "qos",
+    "t": "time",
+    "v": "verbose",
+    "W": "wait",
+    "w": "nodelist",
+    "x": "exclude",
+}
 
 
 def expand_filename(pattern: str, job: dict) -> str:
     """Slurm's filename patterns: %j %A %a %x %u %N %%."""
-    values = {"j": job["id"], "A": job["id"], "a": "4294967294", "x": job["name"], "u": job["user"],
-              "N": socket.gethostname(), "%": "%"}  # fmt: skip
+    values = {
+        "j": job["id"],
+        "A": job["id"],
+        "a": "4294967294",
+        "x": job["name"],
+        "u": job["user"],
+        "N": socket.gethostname(),
+        "%": "%",
+    }
     return re.sub(r"%([jAaxuN%])", lambda m: values[m.group(1)], pattern)
 
 
@@ -270,23 +336,42 @@ def job_environment(job: dict, submit_env: dict[str, str], export: str) -> dict[
         elif key in submit_env:
             env[key] = submit_env[key]
     node = socket.gethostname()
-    env.update({
-        "FAKE_SLURM_DIR": state_dir(),
-        "SLURM_JOB_ID": job["id"], "SLURM_JOBID": job["id"], "SLURM_JOB_NAME": job["name"],
-        "SLURM_JOB_PARTITION": job["partition"], "SLURM_JOB_ACCOUNT": job["account"],
-        "SLURM_SUBMIT_DIR": job["submit_dir"], "SLURM_SUBMIT_HOST": node,
-        "SLURM_CLUSTER_NAME": CLUSTER, "SLURM_JOB_NUM_NODES": "1", "SLURM_NNODES": "1",
-        "SLURM_JOB_NODELIST": node, "SLURM_NODELIST": node, "SLURMD_NODENAME": node,
-        "SLURM_CPUS_ON_NODE": str(job["cpus"]), "SLURM_JOB_CPUS_PER_NODE": str(job["cpus"]),
-        "SLURM_MEM_PER_NODE": str(job["mem_mb"]), "SLURM_NTASKS": str(job["ntasks"]),
-        "SLURM_NPROCS": str(job["ntasks"]), "SLURM_TASKS_PER_NODE": str(job["ntasks"]),
-    })  # fmt: skip
+    env.update(
+        {
+            "FAKE_SLURM_DIR": state_dir(),
+            "SLURM_JOB_ID": job["id"],
+            "SLURM_JOBID": job["id"],
+            "SLURM_JOB_NAME": job["name"],
+            "SLURM_JOB_PARTITION": job["partition"],
+            "SLURM_JOB_ACCOUNT": job["account"],
+            "SLURM_SUBMIT_DIR": job["submit_dir"],
+            "SLURM_SUBMIT_HOST": node,
+            "SLURM_CLUSTER_NAME": CLUSTER,
+            "SLURM_JOB_NUM_NODES": "1",
+            "SLURM_NNODES": "1",
+            "SLURM_JOB_NODELIST": node,
+            "SLURM_NODELIST": node,
+            "SLURMD_NODENAME": node,
+            "SLURM_CPUS_ON_NODE": str(job["cpus"]),
+            "SLURM_JOB_CPUS_PER_NODE": str(job["cpus"]),
+            "SLURM_MEM_PER_NODE": str(job["mem_mb"]),
+            "SLURM_NTASKS": str(job["ntasks"]),
+            "SLURM_NPROCS": str(job["ntasks"]),
+            "SLURM_TASKS_PER_NODE": str(job["ntasks"]),
+        }
+    )
     if job["options"].get("cpus-per-task"):
         env["SLURM_CPUS_PER_TASK"] = str(job["options"]["cpus-per-task"])
     if job["gpus"]:
         ids = ",".join(str(i) for i in range(job["gpus"]))
-        env.update({"SLURM_GPUS": str(job["options"].get("gpus", job["gpus"])), "SLURM_GPUS_ON_NODE": str(job["gpus"]),
-                    "SLURM_JOB_GPUS": ids, "CUDA_VISIBLE_DEVICES": ids})  # fmt: skip
+        env.update(
+            {
+                "SLURM_GPUS": str(job["options"].get("gpus", job["gpus"])),
+                "SLURM_GPUS_ON_NODE": str(job["gpus"]),
+                "SLURM_JOB_GPUS": ids,
+                "CUDA_VISIBLE_DEVICES": ids,
+            }
+        )
         if job["options"].get("cpus-per-gpu"):
             env["SLURM_CPUS_PER_GPU"] = str(job["options"]["cpus-per-gpu"])
     else:
@@ -309,8 +394,14 @@ def sbatch(argv: list[str]) -> int:
     record_call("sbatch", argv, options=options, job_id=job_id)
     # The runner outlives this process and must not hold its stdout (the caller reads it to EOF).
     with open(job_path(job_id, ".runner.log"), "w") as log:
-        subprocess.Popen([sys.executable, os.path.abspath(__file__), "--run-job", job_id], stdin=subprocess.DEVNULL,
-                         stdout=log, stderr=log, start_new_session=True, close_fds=True)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--run-job", job_id],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
     print(job_id if options.get("parsable") else f"Submitted batch job {job_id}")
     return 0
 
@@ -356,13 +447,28 @@ def submit(options: dict, args: list[str]) -> str:
     job_id = next_job_id()
     workdir = os.path.abspath(options.get("chdir", os.getcwd()))
     job = {
-        "id": job_id, "name": options.get("job-name", "wrap" if "wrap" in options else os.path.basename(args[0])),
-        "user": getpass.getuser(), "account": account, "partition": partition, "state": "PENDING",
-        "exit_code": "0:0", "submit_time": time.time(), "start_time": None, "end_time": None,
-        "time_limit_min": time_limit, "mem_mb": mem_mb, "cpus": cpus, "gpus": gpus, "ntasks": ntasks,
-        "workdir": workdir, "submit_dir": os.getcwd(), "comment": options.get("comment", ""),
-        "options": options, "script_args": args[1:], "pid": None,
-    }  # fmt: skip
+        "id": job_id,
+        "name": options.get("job-name", "wrap" if "wrap" in options else os.path.basename(args[0])),
+        "user": getpass.getuser(),
+        "account": account,
+        "partition": partition,
+        "state": "PENDING",
+        "exit_code": "0:0",
+        "submit_time": time.time(),
+        "start_time": None,
+        "end_time": None,
+        "time_limit_min": time_limit,
+        "mem_mb": mem_mb,
+        "cpus": cpus,
+        "gpus": gpus,
+        "ntasks": ntasks,
+        "workdir": workdir,
+        "submit_dir": os.getcwd(),
+        "comment": options.get("comment", ""),
+        "options": options,
+        "script_args": args[1:],
+        "pid": None,
+    }
     job["stdout"] = os.path.join(workdir, expand_filename(options.get("output", "slurm-%j.out"), job))
     job["stderr"] = os.path.join(workdir, expand_filename(options["error"], job)) if "error" in options else None
     with open(job_path(job_id, ".sh"), "w") as f:
@@ -385,9 +491,15 @@ def run_job(job_id: str) -> int:
         os.makedirs(os.path.dirname(job["stdout"]), exist_ok=True)  # (real Slurm fails silently instead)
         stdout = open(job["stdout"], "ab")
         stderr = open(job["stderr"], "ab") if job["stderr"] else subprocess.STDOUT
-        proc = subprocess.Popen(["/bin/sh", job_path(job_id, ".sh"), *job["script_args"]], cwd=job["workdir"],
-                                env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            ["/bin/sh", job_path(job_id, ".sh"), *job["script_args"]],
+            cwd=job["workdir"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
     except OSError as err:
         update_job(job_id, state="FAILED", exit_code="1:0", end_time=time.time(), reason=str(err))
         return 1
@@ -426,19 +538,71 @@ def run_job(job_id: str) -> int:
 
 SRUN_SHORT = "A:c:C:D:d:e:G:i:J:KlN:n:o:p:Qq:t:uvW:w:x:X"
 SRUN_LONG = [
-    "account=", "chdir=", "constraint=", "cpu-bind=", "cpus-per-gpu=", "cpus-per-task=", "error=",
-    "exact", "exclusive", "export=", "gpus=", "gpus-per-node=", "gpus-per-task=", "gres=",
-    "input=", "job-name=", "jobid=", "label", "mem=", "mem-per-cpu=", "mem-per-gpu=", "mpi=",
-    "nodelist=", "nodes=", "ntasks=", "ntasks-per-gpu=", "ntasks-per-node=", "output=",
-    "overlap", "partition=", "pty", "quiet", "time=", "unbuffered", "verbose",
-]  # fmt: skip
+    "account=",
+    "chdir=",
+    "constraint=",
+    "cpu-bind=",
+    "cpus-per-gpu=",
+    "cpus-per-task=",
+    "error=",
+    "exact",
+    "exclusive",
+    "export=",
+    "gpus=",
+    "gpus-per-node=",
+    "gpus-per-task=",
+    "gres=",
+    "input=",
+    "job-name=",
+    "jobid=",
+    "label",
+    "mem=",
+    "mem-per-cpu=",
+    "mem-per-gpu=",
+    "mpi=",
+    "nodelist=",
+    "nodes=",
+    "ntasks=",
+    "ntasks-per-gpu=",
+    "ntasks-per-node=",
+    "output=",
+    "overlap",
+    "partition=",
+    "pty",
+    "quiet",
+    "time=",
+    "unbuffered",
+    "verbose",
+]
 SRUN_ALIASES = {
-    "A": "account", "c": "cpus-per-task", "C": "constraint", "D": "chdir", "e": "error", "G": "gpus",
-    "i": "input", "J": "job-name", "l": "label", "N": "nodes", "n": "ntasks", "o": "output",
-    "p": "partition", "Q": "quiet", "t": "time", "u": "unbuffered", "v": "verbose", "w": "nodelist",
-}  # fmt: skip
-STEP_ENV = ("SLURM_JOB_ID", "SLURM_JOBID", "SLURM_GPUS", "SLURM_CPUS_PER_GPU", "SLURM_CPUS_PER_TASK",
-            "SLURM_JOB_PARTITION", "CUDA_VISIBLE_DEVICES")  # fmt: skip
+    "A": "account",
+    "c": "cpus-per-task",
+    "C": "constraint",
+    "D": "chdir",
+    "e": "error",
+    "G": "gpus",
+    "i": "input",
+    "J": "job-name",
+    "l": "label",
+    "N": "nodes",
+    "n": "ntasks",
+    "o": "output",
+    "p": "partition",
+    "Q": "quiet",
+    "t": "time",
+    "u": "unbuffered",
+    "v": "verbose",
+    "w": "nodelist",
+}
+STEP_ENV = (
+    "SLURM_JOB_ID",
+    "SLURM_JOBID",
+    "SLURM_GPUS",
+    "SLURM_CPUS_PER_GPU",
+    "SLURM_CPUS_PER_TASK",
+    "SLURM_JOB_PARTITION",
+    "CUDA_VISIBLE_DEVICES",
+)
 
 
 def srun(argv: list[str]) -> int:
@@ -455,8 +619,12 @@ def srun(argv: list[str]) -> int:
     if gpu_count(options) > job["gpus"]:
         raise SlurmError("Unable to create step for job %s: More processors requested than permitted" % job_id)
     os.environ["SLURM_STEP_ID"] = os.environ["SLURM_STEPID"] = "0"
-    step_env = {"ntasks": "SLURM_NTASKS", "cpus-per-task": "SLURM_CPUS_PER_TASK", "gpus": "SLURM_GPUS",
-                "cpus-per-gpu": "SLURM_CPUS_PER_GPU"}  # fmt: skip
+    step_env = {
+        "ntasks": "SLURM_NTASKS",
+        "cpus-per-task": "SLURM_CPUS_PER_TASK",
+        "gpus": "SLURM_GPUS",
+        "cpus-per-gpu": "SLURM_CPUS_PER_GPU",
+    }
     for option, name in step_env.items():  # what srun exports for the step's own options
         if option in options:
             os.environ[name] = str(options[option])
@@ -475,15 +643,25 @@ def sacct_field(job: dict, field: str) -> str:
     end = job["end_time"] or time.time()
     elapsed = int(end - job["start_time"]) if job["start_time"] else 0
     values = {
-        "jobid": job["id"], "jobidraw": job["id"], "jobname": job["name"], "state": job["state"],
-        "exitcode": job["exit_code"], "account": job["account"], "partition": job["partition"],
+        "jobid": job["id"],
+        "jobidraw": job["id"],
+        "jobname": job["name"],
+        "state": job["state"],
+        "exitcode": job["exit_code"],
+        "account": job["account"],
+        "partition": job["partition"],
         "nodelist": socket.gethostname() if job["start_time"] else "None assigned",
-        "reason": job.get("reason", "None"), "user": job["user"], "comment": job["comment"],
-        "workdir": job["workdir"], "alloccpus": str(job["cpus"]), "reqmem": f"{job['mem_mb']}M",
-        "elapsed": time.strftime("%H:%M:%S", time.gmtime(elapsed)), "cluster": CLUSTER,
+        "reason": job.get("reason", "None"),
+        "user": job["user"],
+        "comment": job["comment"],
+        "workdir": job["workdir"],
+        "alloccpus": str(job["cpus"]),
+        "reqmem": f"{job['mem_mb']}M",
+        "elapsed": time.strftime("%H:%M:%S", time.gmtime(elapsed)),
+        "cluster": CLUSTER,
         "timelimit": "UNLIMITED" if job["time_limit_min"] is None else str(int(job["time_limit_min"])),
         "alloctres": f"cpu={job['cpus']},mem={job['mem_mb']}M" + (f",gres/gpu={job['gpus']}" if job["gpus"] else ""),
-    }  # fmt: skip
+    }
     return values.get(f, "")
 
 
@@ -517,17 +695,56 @@ def field_list(spec: str, default_width: int = 10) -> list[tuple[str, int]]:
 
 SACCT_SHORT = "aA:bcC:DeE:f:F:g:hi:I:j:k:K:lLM:nN:o:pPq:r:s:S:Ttu:UvVW:x:X"
 SACCT_LONG = [
-    "allusers", "accounts=", "allocations", "brief", "clusters=", "cluster=", "delimiter=",
-    "endtime=", "format=", "fields=", "jobs=", "local", "long", "allclusters", "name=",
-    "noconvert", "noheader", "parsable", "parsable2", "partition=", "state=", "starttime=",
-    "user=", "uid=", "units=", "verbose",
-]  # fmt: skip
+    "allusers",
+    "accounts=",
+    "allocations",
+    "brief",
+    "clusters=",
+    "cluster=",
+    "delimiter=",
+    "endtime=",
+    "format=",
+    "fields=",
+    "jobs=",
+    "local",
+    "long",
+    "allclusters",
+    "name=",
+    "noconvert",
+    "noheader",
+    "parsable",
+    "parsable2",
+    "partition=",
+    "state=",
+    "starttime=",
+    "user=",
+    "uid=",
+    "units=",
+    "verbose",
+]
 SACCT_ALIASES = {
-    "a": "allusers", "A": "accounts", "b": "brief", "E": "endtime", "o": "format", "fields": "format",
-    "j": "jobs", "l": "long", "L": "allclusters", "M": "clusters", "cluster": "clusters",
-    "n": "noheader", "p": "parsable", "P": "parsable2", "r": "partition", "s": "state",
-    "S": "starttime", "u": "user", "uid": "user", "v": "verbose", "X": "allocations",
-}  # fmt: skip
+    "a": "allusers",
+    "A": "accounts",
+    "b": "brief",
+    "E": "endtime",
+    "o": "format",
+    "fields": "format",
+    "j": "jobs",
+    "l": "long",
+    "L": "allclusters",
+    "M": "clusters",
+    "cluster": "clusters",
+    "n": "noheader",
+    "p": "parsable",
+    "P": "parsable2",
+    "r": "partition",
+    "s": "state",
+    "S": "starttime",
+    "u": "user",
+    "uid": "user",
+    "v": "verbose",
+    "X": "allocations",
+}
 
 
 def sacct(argv: list[str]) -> int:
@@ -565,16 +782,37 @@ def sacct(argv: list[str]) -> int:
     return 0
 
 
-SQUEUE_CODES = {"i": "jobid", "A": "jobid", "T": "state", "j": "jobname", "P": "partition", "u": "user",
-                "a": "account", "t": "state"}  # fmt: skip
+SQUEUE_CODES = {
+    "i": "jobid",
+    "A": "jobid",
+    "T": "state",
+    "j": "jobname",
+    "P": "partition",
+    "u": "user",
+    "a": "account",
+    "t": "state",
+}
 
 
 def squeue(argv: list[str]) -> int:
     record_call("squeue", argv)
-    options, _ = parse(argv, "hj:n:o:p:t:u:A:M:", [
-        "noheader", "jobs=", "name=", "format=", "partition=", "states=", "user=", "account=",
-        "clusters=", "me"], {"h": "noheader", "j": "jobs", "n": "name", "o": "format", "p": "partition",
-                             "t": "states", "u": "user", "A": "account", "M": "clusters"}, gnu=True)  # fmt: skip
+    options, _ = parse(
+        argv,
+        "hj:n:o:p:t:u:A:M:",
+        ["noheader", "jobs=", "name=", "format=", "partition=", "states=", "user=", "account=", "clusters=", "me"],
+        {
+            "h": "noheader",
+            "j": "jobs",
+            "n": "name",
+            "o": "format",
+            "p": "partition",
+            "t": "states",
+            "u": "user",
+            "A": "account",
+            "M": "clusters",
+        },
+        gnu=True,
+    )
     jobs = all_jobs()
     if "jobs" in options:
         jobs = [j for j in jobs if j["id"] in str(options["jobs"]).split(",")]
@@ -589,8 +827,14 @@ def squeue(argv: list[str]) -> int:
         def code(m):
             value = sacct_field(job, SQUEUE_CODES.get(m.group(2), ""))
             if m.group(2) == "t":
-                value = {"PENDING": "PD", "RUNNING": "R", "COMPLETED": "CD", "FAILED": "F",
-                         "TIMEOUT": "TO", "CANCELLED": "CA"}.get(value.split()[0], value)  # fmt: skip
+                value = {
+                    "PENDING": "PD",
+                    "RUNNING": "R",
+                    "COMPLETED": "CD",
+                    "FAILED": "F",
+                    "TIMEOUT": "TO",
+                    "CANCELLED": "CA",
+                }.get(value.split()[0], value)
             width = m.group(1)
             return value.ljust(int(width)) if width else value
 
@@ -608,8 +852,9 @@ def squeue(argv: list[str]) -> int:
 
 def scancel(argv: list[str]) -> int:
     record_call("scancel", argv)
-    options, ids = parse(argv, "M:n:u:", ["clusters=", "name=", "user=", "me"],
-                         {"M": "clusters", "n": "name", "u": "user"}, gnu=True)  # fmt: skip
+    options, ids = parse(
+        argv, "M:n:u:", ["clusters=", "name=", "user=", "me"], {"M": "clusters", "n": "name", "u": "user"}, gnu=True
+    )
     if "name" in options:
         ids += [j["id"] for j in all_jobs() if j["name"] == options["name"]]
     for job_id in ids:
@@ -627,16 +872,26 @@ def scancel(argv: list[str]) -> int:
 
 def sinfo(argv: list[str]) -> int:
     record_call("sinfo", argv)
-    options, _ = parse(argv, "ho:p:sM:", ["noheader", "format=", "partition=", "summarize", "clusters="],
-                       {"h": "noheader", "o": "format", "p": "partition", "s": "summarize", "M": "clusters"},
-                       gnu=True)  # fmt: skip
+    options, _ = parse(
+        argv,
+        "ho:p:sM:",
+        ["noheader", "format=", "partition=", "summarize", "clusters="],
+        {"h": "noheader", "o": "format", "p": "partition", "s": "summarize", "M": "clusters"},
+        gnu=True,
+    )
     fmt = str(options.get("format", "%P %a %l %D %G"))
     parts = partitions()
     columns = {"P": "PARTITION", "a": "AVAIL", "l": "TIMELIMIT", "D": "NODES", "G": "GRES", "N": "NODELIST"}
 
     def row(name, p):
-        values = {"P": name + ("*" if p["default"] else ""), "a": "up", "l": "infinite", "D": "1",
-                  "G": f"gpu:{p['gpus']}" if p["gpus"] else "(null)", "N": socket.gethostname()}  # fmt: skip
+        values = {
+            "P": name + ("*" if p["default"] else ""),
+            "a": "up",
+            "l": "infinite",
+            "D": "1",
+            "G": f"gpu:{p['gpus']}" if p["gpus"] else "(null)",
+            "N": socket.gethostname(),
+        }
         return re.sub(r"%\.?\d*([A-Za-z])", lambda m: values.get(m.group(1), ""), fmt)
 
     if "noheader" not in options:
@@ -649,8 +904,7 @@ def sinfo(argv: list[str]) -> int:
 
 def scontrol(argv: list[str]) -> int:
     record_call("scontrol", argv)
-    options, args = parse(argv, "M:o", ["clusters=", "oneliner"], {"M": "clusters", "o": "oneliner"},
-                          gnu=True)  # fmt: skip
+    options, args = parse(argv, "M:o", ["clusters=", "oneliner"], {"M": "clusters", "o": "oneliner"}, gnu=True)
     if args[:2] == ["show", "config"]:
         print(f"Configuration data as of {time.strftime('%Y-%m-%dT%H:%M:%S')}")
         print(f"ClusterName             = {CLUSTER}")
@@ -663,16 +917,20 @@ def scontrol(argv: list[str]) -> int:
             if len(args) > 2 and args[2] != name:
                 continue
             gres = f"gpu:{p['gpus']}" if p["gpus"] else "(null)"
-            print(f"PartitionName={name}\n   Default={'YES' if p['default'] else 'NO'} MaxTime=UNLIMITED "
-                  f"MaxNodes=UNLIMITED State=UP TotalCPUs={os.cpu_count()} TotalNodes=1\n"
-                  f"   TRES=cpu={os.cpu_count()},gres/gpu={p['gpus']} Gres={gres}\n")  # fmt: skip
+            print(
+                f"PartitionName={name}\n   Default={'YES' if p['default'] else 'NO'} MaxTime=UNLIMITED "
+                f"MaxNodes=UNLIMITED State=UP TotalCPUs={os.cpu_count()} TotalNodes=1\n"
+                f"   TRES=cpu={os.cpu_count()},gres/gpu={p['gpus']} Gres={gres}\n"
+            )
         return 0
     if args[:2] == ["show", "job"] and len(args) == 3:
         job = read_job(args[2])
         if job is None:
             raise SlurmError("Invalid job id specified")
-        print(f"JobId={job['id']} JobName={job['name']}\n   JobState={job['state'].split()[0]} "
-              f"ExitCode={job['exit_code']}\n   Partition={job['partition']} Account={job['account']}\n")  # fmt: skip
+        print(
+            f"JobId={job['id']} JobName={job['name']}\n   JobState={job['state'].split()[0]} "
+            f"ExitCode={job['exit_code']}\n   Partition={job['partition']} Account={job['account']}\n"
+        )
         return 0
     raise SlurmError(f"the fake scontrol knows only 'show config|partition|job <id>', not {' '.join(args)!r}")
 
@@ -680,16 +938,21 @@ def scontrol(argv: list[str]) -> int:
 def sacctmgr(argv: list[str]) -> int:
     """``sacctmgr -n -s list user <name> format=account%N``: the user's accounts, one a line."""
     record_call("sacctmgr", argv)
-    options, args = parse(argv, "inPps", ["immediate", "noheader", "parsable", "parsable2", "associations"],
-                          {"i": "immediate", "n": "noheader", "P": "parsable2", "p": "parsable",
-                           "s": "associations"}, gnu=True)  # fmt: skip
+    options, args = parse(
+        argv,
+        "inPps",
+        ["immediate", "noheader", "parsable", "parsable2", "associations"],
+        {"i": "immediate", "n": "noheader", "P": "parsable2", "p": "parsable", "s": "associations"},
+        gnu=True,
+    )
     words = [a.lower() for a in args]
     if words[:2] not in (["list", "user"], ["show", "user"]) or len(args) < 3:
         raise SlurmError(f"the fake sacctmgr knows only 'list user <name> format=...', not {' '.join(args)!r}")
     fmt = next((a.split("=", 1)[1] for a in args if a.lower().startswith("format=")), "User,Account")
     fields = field_list(fmt)
-    rows = [[{"user": args[2], "account": account}.get(name.lower(), "") for name, _ in fields]
-            for account in accounts()]  # fmt: skip
+    rows = [
+        [{"user": args[2], "account": account}.get(name.lower(), "") for name, _ in fields] for account in accounts()
+    ]
     parsable = "P" if "parsable2" in options else "p" if "parsable" in options else None
     print_table(rows, fields, header="noheader" not in options, parsable=parsable)
     return 0
@@ -698,20 +961,44 @@ def sacctmgr(argv: list[str]) -> int:
 def sshare(argv: list[str]) -> int:
     """``sshare -U --format Account%N --noheader``: the user's accounts."""
     record_call("sshare", argv)
-    options, _ = parse(argv, "ahlno:PpUu:", ["all", "noheader", "long", "format=", "parsable",
-                       "parsable2", "Users", "users="], {"a": "all", "h": "noheader", "l": "long", "n": "noheader",
-                       "o": "format", "P": "parsable2", "p": "parsable", "U": "Users", "u": "users"},
-                       gnu=True)  # fmt: skip
+    options, _ = parse(
+        argv,
+        "ahlno:PpUu:",
+        ["all", "noheader", "long", "format=", "parsable", "parsable2", "Users", "users="],
+        {
+            "a": "all",
+            "h": "noheader",
+            "l": "long",
+            "n": "noheader",
+            "o": "format",
+            "P": "parsable2",
+            "p": "parsable",
+            "U": "Users",
+            "u": "users",
+        },
+        gnu=True,
+    )
     fields = field_list(str(options.get("format", "Account,User,RawShares")))
-    rows = [[{"account": a, "user": getpass.getuser(), "rawshares": "1"}.get(n.lower(), "") for n, _ in fields]
-            for a in accounts()]  # fmt: skip
+    rows = [
+        [{"account": a, "user": getpass.getuser(), "rawshares": "1"}.get(n.lower(), "") for n, _ in fields]
+        for a in accounts()
+    ]
     parsable = "P" if "parsable2" in options else "p" if "parsable" in options else None
     print_table(rows, fields, header="noheader" not in options, parsable=parsable)
     return 0
 
 
-COMMANDS = {"sbatch": sbatch, "srun": srun, "sacct": sacct, "squeue": squeue, "scancel": scancel, "sinfo": sinfo,
-            "scontrol": scontrol, "sacctmgr": sacctmgr, "sshare": sshare}  # fmt: skip
+COMMANDS = {
+    "sbatch": sbatch,
+    "srun": srun,
+    "sacct": sacct,
+    "squeue": squeue,
+    "scancel": scancel,
+    "sinfo": sinfo,
+    "scontrol": scontrol,
+    "sacctmgr": sacctmgr,
+    "sshare": sshare,
+}
 
 
 def main(cmd: str, argv: list[str]) -> int:

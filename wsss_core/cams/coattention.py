@@ -32,8 +32,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from wsss_core.cams.infer import (_Images, load_for_dataset, merge_views, normalize_cams, prepare, scaled_views,
-                                  size_batches, unit_max)  # fmt: skip
+from wsss_core.cams.infer import (
+    _Images,
+    load_for_dataset,
+    merge_views,
+    normalize_cams,
+    prepare,
+    scaled_views,
+    size_batches,
+    unit_max,
+)
 from wsss_core.cams.store import CAMWriter
 from wsss_core.data.voc_layout import VOCDataset
 from wsss_core.devices import select_device
@@ -90,18 +98,21 @@ def self_pair_maps(model: CoAttentionNet, x: torch.Tensor, scales, flip: bool):
             if scale == 1 and i == 0:
                 continue
             co = model.co_cams(f_view, f_1, SELF)
-            maps.append(F.interpolate((co.flip(-1) if i else co).float(), size=size, mode="bilinear",
-                                      align_corners=False))  # fmt: skip
+            maps.append(
+                F.interpolate((co.flip(-1) if i else co).float(), size=size, mode="bilinear", align_corners=False)
+            )
     if flip:  # n's own map in the pair with its mirror image
         f_mirror = next(f for s, f in views if s == 1)[b:]
-        maps.append(F.interpolate(model.co_cams(f_1, f_mirror, SELF).float(), size=size, mode="bilinear",
-                                  align_corners=False))  # fmt: skip
+        maps.append(
+            F.interpolate(model.co_cams(f_1, f_mirror, SELF).float(), size=size, mode="bilinear", align_corners=False)
+        )
     return single, maps, f_1
 
 
 @torch.no_grad()
-def reference_map(model: CoAttentionNet, f_n: torch.Tensor, query: torch.Tensor, references: list[torch.Tensor],
-                  class_id: int):  # fmt: skip
+def reference_map(
+    model: CoAttentionNet, f_n: torch.Tensor, query: torch.Tensor, references: list[torch.Tensor], class_id: int
+):
     """(h, w) co-attention CAM of class ``class_id`` for features ``f_n`` (1, C, h, w) with their
     :meth:`CoAttentionNet.query` ``query``, averaged over reference features (each (1, C, h_r, w_r));
     references of one size are batched."""
@@ -116,9 +127,22 @@ def reference_map(model: CoAttentionNet, f_n: torch.Tensor, query: torch.Tensor,
     return total / len(references)
 
 
-def coattentive_cams(dataset_root, split: str, model_path, out_single_h5, out_multi_h5, *, scales, flip: bool = True,
-                     references: int = 3, seed: int = 0, batch_size: int = 8, num_workers: int = 0,
-                     threads: int = 1, device: str = "auto") -> dict:  # fmt: skip
+def coattentive_cams(
+    dataset_root,
+    split: str,
+    model_path,
+    out_single_h5,
+    out_multi_h5,
+    *,
+    scales,
+    flip: bool = True,
+    references: int = 3,
+    seed: int = 0,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    threads: int = 1,
+    device: str = "auto",
+) -> dict:
     """Write the single-round and multi-round CAMs of every image of ``split`` (two CAM stores)."""
     device = select_device(device)
     torch.set_num_threads(max(1, threads))
@@ -143,18 +167,29 @@ def coattentive_cams(dataset_root, split: str, model_path, out_single_h5, out_mu
         cache = FeatureCache(out.parent / f".{out.stem}.features.tmp.h5")
         stack.callback(cache.close)
         # pass 1: scale-1 features of every image, the references' side of every pair
-        for images, indices in tqdm(DataLoader(_Images(ds, ids), **loader_kw), desc="features", mininterval=10,
-                                    ascii=True):  # fmt: skip
+        for images, indices in tqdm(
+            DataLoader(_Images(ds, ids), **loader_kw), desc="features", mininterval=10, ascii=True
+        ):
             feats = model.features(prepare(images.to(device), meta["mean"], meta["std"]))
             for f, index in zip(feats, indices.tolist()):
                 cache.put(index, f)
-        writers = [stack.enter_context(CAMWriter(path, classes=list(ds.classes), scales=list(scales),
-                                                 stride=meta["stride"], checkpoint_sha256=sha,
-                                                 extra_attrs={**attrs, "rounds": rounds}))
-                   for path, rounds in ((out_single_h5, "single"), (out_multi_h5, "multi"))]  # fmt: skip
+        writers = [
+            stack.enter_context(
+                CAMWriter(
+                    path,
+                    classes=list(ds.classes),
+                    scales=list(scales),
+                    stride=meta["stride"],
+                    checkpoint_sha256=sha,
+                    extra_attrs={**attrs, "rounds": rounds},
+                )
+            )
+            for path, rounds in ((out_single_h5, "single"), (out_multi_h5, "multi"))
+        ]
         # pass 2: every view of each image, its self-pairs and its reference pairs
-        for images, indices in tqdm(DataLoader(_Images(ds, ids), **loader_kw), desc="co-attentive CAMs",
-                                    mininterval=10, ascii=True):  # fmt: skip
+        for images, indices in tqdm(
+            DataLoader(_Images(ds, ids), **loader_kw), desc="co-attentive CAMs", mininterval=10, ascii=True
+        ):
             x = prepare(images.to(device), meta["mean"], meta["std"])
             single, self_maps, f_1 = self_pair_maps(model, x, scales, flip)
             for row, index in enumerate(indices.tolist()):

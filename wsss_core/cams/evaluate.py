@@ -33,7 +33,6 @@ from wsss_core.parallel import fork_map_chunks
 from wsss_core.results import write_summary_rows
 
 
-
 def threshold_grid(lo: float, hi: float, step: float) -> np.ndarray:
     """Thresholds lo, lo + step, ..., hi (inclusive), rounded so 0.07 is 0.07, not 0.07000000000000001."""
     return np.round(np.arange(lo, hi + step / 2, step), 6)
@@ -136,12 +135,14 @@ def sweep_table(confusions: np.ndarray, thresholds) -> pd.DataFrame:
     rows = []
     for t, conf in zip(_check_thresholds(thresholds), confusions):
         fg_hit, fg_pred, fg_gt = conf[1:, 1:].sum(), conf[:, 1:].sum(), conf[1:, :].sum()
-        rows.append({
-            "threshold": float(t),
-            "mIoU": 100 * miou(conf),
-            "fg_precision": 100 * fg_hit / fg_pred if fg_pred else float("nan"),
-            "fg_recall": 100 * fg_hit / fg_gt if fg_gt else float("nan"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "threshold": float(t),
+                "mIoU": 100 * miou(conf),
+                "fg_precision": 100 * fg_hit / fg_pred if fg_pred else float("nan"),
+                "fg_recall": 100 * fg_hit / fg_gt if fg_gt else float("nan"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -208,9 +209,18 @@ def evaluate_cams(
         per_class.to_csv(tmp, index=False)
     _plot(table, best, f"CAMs of '{method}' on {split} ({len(ids)} images)", out_png)
     write_text(out_best_json, json.dumps(record, indent=2) + "\n")
-    write_summary_rows(summary_row_csv, [{
-        "stage": "cams", "method": method, "split": split, "mIoU": record["mIoU"],
-        "threshold": record["threshold"], "images": len(ids),
-    }])  # fmt: skip
+    write_summary_rows(
+        summary_row_csv,
+        [
+            {
+                "stage": "cams",
+                "method": method,
+                "split": split,
+                "mIoU": record["mIoU"],
+                "threshold": record["threshold"],
+                "images": len(ids),
+            }
+        ],
+    )
     print(json.dumps(record, indent=2))
     return record

@@ -97,13 +97,25 @@ def load_for_dataset(model_path, dataset: VOCDataset, device) -> tuple:
     """(classifier in eval mode, channels_last, metadata), refused unless trained on ``dataset``'s classes."""
     model, meta = load_classifier(model_path, device)
     if list(dataset.classes) != meta["classes"]:
-        raise ValueError(f"{model_path}: trained on classes {meta['classes']}, dataset {dataset.root} has "
-                         f"{dataset.classes}")  # fmt: skip
+        raise ValueError(
+            f"{model_path}: trained on classes {meta['classes']}, dataset {dataset.root} has " f"{dataset.classes}"
+        )
     return model.to(memory_format=torch.channels_last), meta
 
 
-def infer_cams(dataset_root, split: str, model_path, out_h5, *, scales, flip: bool = True, batch_size: int = 8,
-               num_workers: int = 0, threads: int = 1, device: str = "auto") -> dict:  # fmt: skip
+def infer_cams(
+    dataset_root,
+    split: str,
+    model_path,
+    out_h5,
+    *,
+    scales,
+    flip: bool = True,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    threads: int = 1,
+    device: str = "auto",
+) -> dict:
     """Write the CAMs of every image of ``split`` to ``out_h5`` (one dataset per image)."""
     device = select_device(device)
     torch.set_num_threads(max(1, threads))
@@ -116,9 +128,17 @@ def infer_cams(dataset_root, split: str, model_path, out_h5, *, scales, flip: bo
     # Photos come in many sizes and every scale makes new input shapes; cuDNN plans each new
     # shape anew (0.4-6 s per shape measured on an H100, vs 0.04 s per photo for all 4 scales
     # + flip with cuDNN off), so inference runs on PyTorch's own CUDA kernels.
-    with torch.backends.cudnn.flags(enabled=False), \
-            CAMWriter(out_h5, classes=list(ds.classes), scales=list(scales), stride=meta["stride"],
-                      checkpoint_sha256=file_sha256(model_path), extra_attrs=attrs) as writer:  # fmt: skip
+    with (
+        torch.backends.cudnn.flags(enabled=False),
+        CAMWriter(
+            out_h5,
+            classes=list(ds.classes),
+            scales=list(scales),
+            stride=meta["stride"],
+            checkpoint_sha256=file_sha256(model_path),
+            extra_attrs=attrs,
+        ) as writer,
+    ):
         for images, indices in tqdm(loader, desc=f"CAMs {split}", mininterval=10, ascii=True):
             cams = multiscale_cams(model, images.to(device), scales, meta["mean"], meta["std"], flip).cpu()
             for cam, index in zip(cams, indices.tolist()):

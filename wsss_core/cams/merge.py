@@ -34,15 +34,23 @@ def merge_cam_stores(paths: Sequence[str | os.PathLike], dataset_root, split: st
         first = readers[0]
         attrs = {"split": split, "merged_from": [str(p) for p in paths]}
         sha = "+".join(str(r.attrs["checkpoint_sha256"]) for r in readers)
-        with CAMWriter(out_h5, classes=list(ds.classes), scales=first.attrs["scales"], stride=first.attrs["stride"],
-                       checkpoint_sha256=sha, extra_attrs=attrs) as writer:  # fmt: skip
+        with CAMWriter(
+            out_h5,
+            classes=list(ds.classes),
+            scales=first.attrs["scales"],
+            stride=first.attrs["stride"],
+            checkpoint_sha256=sha,
+            extra_attrs=attrs,
+        ) as writer:
             for image_id in tqdm(ids, desc="merge CAMs", mininterval=10, ascii=True):
                 maps, class_ids = first.read(image_id)
                 for reader in readers[1:]:
                     other, other_ids = reader.read(image_id)
                     if other_ids != class_ids or other.shape != maps.shape:
-                        raise CAMStoreError(f"{reader.path}: image '{image_id}' has maps {other.shape} of classes "
-                                            f"{list(other_ids)}, {first.path} {maps.shape} of {list(class_ids)}")  # fmt: skip
+                        raise CAMStoreError(
+                            f"{reader.path}: image '{image_id}' has maps {other.shape} of classes "
+                            f"{list(other_ids)}, {first.path} {maps.shape} of {list(class_ids)}"
+                        )
                     maps = np.maximum(maps, other)
                 writer.write(image_id, maps, class_ids)
     finally:

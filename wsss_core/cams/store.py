@@ -96,15 +96,18 @@ class CAMWriter(HDF5StoreWriter):
         if clash:
             raise ValueError(f"{Path(path)}: extra attribute(s) {clash} would overwrite the store's own")
         self.classes = tuple(classes)
-        super().__init__(path, {
-            "format": FORMAT,
-            "classes": list(self.classes),
-            "scales": [float(s) for s in scales],
-            "stride": int(stride),
-            "checkpoint_sha256": str(checkpoint_sha256),
-            "created_with": f"wsss {__version__}",
-            **(extra_attrs or {}),
-        })  # fmt: skip
+        super().__init__(
+            path,
+            {
+                "format": FORMAT,
+                "classes": list(self.classes),
+                "scales": [float(s) for s in scales],
+                "stride": int(stride),
+                "checkpoint_sha256": str(checkpoint_sha256),
+                "created_with": f"wsss {__version__}",
+                **(extra_attrs or {}),
+            },
+        )
 
     def write(self, image_id: str, cams: np.ndarray, class_ids: Sequence[int]) -> None:
         """Store one image's maps: ``cams`` (K, H, W) in [0, 1] for the K ``class_ids``.

@@ -42,8 +42,9 @@ TINY = dict(n_images=40, image_size=64, n_classes=4, seed=0, val_fraction=0.25, 
 DEFAULT = dict(n_images=1000, image_size=128, n_classes=6, seed=0, val_fraction=0.2, max_objects=4)
 
 _PALETTE = voc_palette()
-_HUE_NAMES = ("red", "orange", "yellow", "chartreuse", "green", "spring", "cyan", "azure",
-              "blue", "violet", "magenta", "rose")  # fmt: skip  (one per 30 degrees of hue)
+_HUE_NAMES = tuple(
+    "red orange yellow chartreuse green spring cyan azure blue violet magenta rose".split()
+)  # one per 30 degrees of hue
 _PART_SCALE = 0.3  # marker radius / body minor semi-axis: typically 5-10 % of the body area
 
 
@@ -196,9 +197,15 @@ def _resolve(shapes: list[_Shape], size: int, min_pixels: int) -> tuple[list[_Sh
             layer[shape.box][shape.mask] = i
         is_object = np.array([0] + [s.cls for s in shapes]) > 0
         border = find_boundaries(np.where(is_object[layer], layer, 0), mode="thick")
-        keep = [s for i, s in enumerate(shapes, 1) if not s.cls or (
-            (s.part & (layer[s.box] == i)).sum() >= 0.5 * s.part_area
-            and ((layer[s.box] == i) & ~border[s.box]).sum() >= min_pixels)]  # fmt: skip
+        keep = [
+            s
+            for i, s in enumerate(shapes, 1)
+            if not s.cls
+            or (
+                (s.part & (layer[s.box] == i)).sum() >= 0.5 * s.part_area
+                and ((layer[s.box] == i) & ~border[s.box]).sum() >= min_pixels
+            )
+        ]
         if len(keep) == len(shapes):
             return shapes, layer, border
         shapes = keep
@@ -210,12 +217,15 @@ def _layout(rng: np.random.Generator, size: int, n_classes: int, max_objects: in
     for _ in range(1000):  # retry the rare layout where every object got dropped
         n_obj = int(rng.integers(1, max_objects + 1))
         big = 0.5 if n_obj <= 2 else 0.4  # crowded images get smaller objects
-        shapes = [_object(rng, yy, xx, size * rng.uniform(0.18, big), c, n_classes)
-                  for c in _pick_classes(rng, n_obj, n_classes)]  # fmt: skip
+        shapes = [
+            _object(rng, yy, xx, size * rng.uniform(0.18, big), c, n_classes)
+            for c in _pick_classes(rng, n_obj, n_classes)
+        ]
         n_distractors = int(rng.choice(4, p=[0.15, 0.35, 0.3, 0.2]))
         shapes += [_body(rng, yy, xx, size * rng.uniform(0.15, 0.45))[0] for _ in range(n_distractors)]
-        shapes, layer, border = _resolve([shapes[i] for i in rng.permutation(len(shapes))], size,
-                                         min_pixels=max(4, size * size // 1000))  # fmt: skip
+        shapes, layer, border = _resolve(
+            [shapes[i] for i in rng.permutation(len(shapes))], size, min_pixels=max(4, size * size // 1000)
+        )
         if any(s.cls for s in shapes):
             return shapes, layer, border
     raise RuntimeError("no layout kept an object")
@@ -258,9 +268,15 @@ def render(seed: int, index: int, image_size: int, n_classes: int, max_objects: 
         part[box] |= shapes[i - 1].part & (layer[box] == i)
     renumber = np.zeros(len(shapes) + 1, np.int16)
     renumber[objects] = np.arange(1, len(objects) + 1)
-    return Sample(image=image, mask=mask, labels=tuple(int(c) + 1 for c in np.flatnonzero(present)),
-                  objects=renumber[layer], object_classes=tuple(shapes[i - 1].cls for i in objects),
-                  part=part, distractor=(layer > 0) & (classes[layer] == 0))  # fmt: skip
+    return Sample(
+        image=image,
+        mask=mask,
+        labels=tuple(int(c) + 1 for c in np.flatnonzero(present)),
+        objects=renumber[layer],
+        object_classes=tuple(shapes[i - 1].cls for i in objects),
+        part=part,
+        distractor=(layer > 0) & (classes[layer] == 0),
+    )
 
 
 def _write_one(job: tuple) -> tuple[int, ...]:
@@ -277,8 +293,9 @@ def _check_int(name: str, value, low: int, high: int) -> None:
         raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
 
 
-def generate(root, *, n_images=1000, image_size=128, n_classes=6, seed=0, val_fraction=0.2,
-             max_objects=4, workers=1) -> dict:  # fmt: skip
+def generate(
+    root, *, n_images=1000, image_size=128, n_classes=6, seed=0, val_fraction=0.2, max_objects=4, workers=1
+) -> dict:
     """Write the demo dataset to ``root`` (replaced atomically); return a summary.
 
     ``n_classes`` counts foreground classes. ``workers > 1`` renders in a process

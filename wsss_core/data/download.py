@@ -113,8 +113,9 @@ def _total_size(resp: http.client.HTTPResponse, offset: int) -> int | None:
     return offset + int(length) if length is not None and length.isdigit() else None
 
 
-def _download_to(url: str, part: Path, timeout_s: float, log: Callable[[str], None],
-                 deadline: float | None = None) -> bool:  # fmt: skip
+def _download_to(
+    url: str, part: Path, timeout_s: float, log: Callable[[str], None], deadline: float | None = None
+) -> bool:
     """One attempt: append to ``part`` from its current size (or restart); raise on a short read.
 
     Returns whether the server told the file's size (without it a connection that closes early
@@ -220,8 +221,10 @@ def fetch(
         named = f" ({deadline_name})" if deadline_name else ""
         kept = f"; the {size} bytes in {part} are kept for the next run to resume" if size else ""
         before = f"; the attempt before failed: {failure}" if failure else ""
-        message = (f"download of {url} exceeded the deadline of {deadline_s:g} s{named} after {size} bytes"
-                   f" ({_human(size)}){kept}{before}")  # fmt: skip
+        message = (
+            f"download of {url} exceeded the deadline of {deadline_s:g} s{named} after {size} bytes"
+            f" ({_human(size)}){kept}{before}"
+        )
         return DownloadError(message, url, dest, md5, None, sha256_prefix, None)
 
     for attempt in range(1, retries + 1):
@@ -246,8 +249,10 @@ def fetch(
             part.unlink()
             failure = mismatch
             if not sized:
-                failure += (f"; got {size} bytes and the server sent no Content-Length, so a connection that "
-                            "closed early leaves a short file")  # fmt: skip
+                failure += (
+                    f"; got {size} bytes and the server sent no Content-Length, so a connection that "
+                    "closed early leaves a short file"
+                )
         log(f"{url}: attempt {attempt} failed ({failure})")
         if attempt < retries:
             wait = backoff_s * 2 ** (attempt - 1)

@@ -131,7 +131,9 @@ def _label_entries(root: str, ids: list[str], digests: _Digests) -> list:
         if not isinstance(table, dict):  # unreadable: the whole file stands for every id's labels
             return [["cls_labels.json", digests.of([labels_json])[labels_json]]]
         return [["cls_labels.json", {i: table.get(i) for i in ids}]]
-    folder, ext = ("Annotations", "xml") if os.path.isdir(os.path.join(root, "Annotations")) else ("SegmentationClass", "png")
+    folder, ext = (
+        ("Annotations", "xml") if os.path.isdir(os.path.join(root, "Annotations")) else ("SegmentationClass", "png")
+    )
     paths = [os.path.join(root, folder, f"{i}.{ext}") for i in ids]
     found = digests.of(paths)
     return [[folder, [found[p] for p in paths]]]
@@ -163,8 +165,9 @@ def dataset_digests(root: str | os.PathLike, train_split: str, eval_split: str, 
     return parts
 
 
-def update_fingerprints(root: str | os.PathLike, train_split: str, eval_split: str, out_dir: str | os.PathLike
-                        ) -> dict[str, Path]:  # fmt: skip
+def update_fingerprints(
+    root: str | os.PathLike, train_split: str, eval_split: str, out_dir: str | os.PathLike
+) -> dict[str, Path]:
     """Write ``out_dir/<part>.json`` for each part whose digest changed; return every part's path."""
     root, out_dir = Path(root), Path(out_dir)
     parts = dataset_digests(root, train_split, eval_split, out_dir / CACHE)

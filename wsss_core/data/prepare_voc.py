@@ -204,8 +204,11 @@ def build_aug_dataset(
         write_text(tmp / "cls_labels.json", "{\n" + rows + "\n}\n")  # one image per line: greppable
 
     summary = {
-        "train": len(voc_train), "val": len(voc_val), "train_aug": len(train_aug),
-        "masks_from_voc": counts["voc"], "masks_from_sbd": counts["sbd"],
-    }  # fmt: skip
+        "train": len(voc_train),
+        "val": len(voc_val),
+        "train_aug": len(train_aug),
+        "masks_from_voc": counts["voc"],
+        "masks_from_sbd": counts["sbd"],
+    }
     log(f"VOC+SBD dataset ready at {out_root}: {summary}")
     return summary

@@ -20,8 +20,9 @@ from wsss_core.data.voc_layout import KINDS, DatasetError, VOCDataset
 from wsss_core.fileio import atomic_file, write_text
 
 
-def validate_part(root: str | Path, split: str, kind: str, *, require_masks: bool, out_json: str | Path,
-                  workers: int = 4) -> dict:  # fmt: skip
+def validate_part(
+    root: str | Path, split: str, kind: str, *, require_masks: bool, out_json: str | Path, workers: int = 4
+) -> dict:
     """Check the ``kind`` (labels | images | masks) of every image of ``split`` and record the part in ``out_json``.
 
     Raises :class:`~wsss_core.data.voc_layout.DatasetError` listing every problem, each with its file name,
@@ -45,8 +46,9 @@ def validate_part(root: str | Path, split: str, kind: str, *, require_masks: boo
     return record
 
 
-def summarize_dataset(root: str | Path, *, train_split: str, eval_split: str, summary_json: str | Path,
-                      class_counts_csv: str | Path) -> dict:  # fmt: skip
+def summarize_dataset(
+    root: str | Path, *, train_split: str, eval_split: str, summary_json: str | Path, class_counts_csv: str | Path
+) -> dict:
     """Describe a dataset whose parts passed :func:`validate_part`: images, masks and labels per split, and
     the images per class (``class_counts_csv``)."""
     ds = VOCDataset(root)

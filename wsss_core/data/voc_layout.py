@@ -36,10 +36,28 @@ import numpy as np
 from PIL import Image
 
 VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 IGNORE_INDEX = 255
 KINDS = ("labels", "images", "masks")  # what VOCDataset.validate checks of each image
 
@@ -171,8 +189,9 @@ class VOCDataset:
             image_id = line.split()[0]
             reason = id_problem(image_id)
             if reason:
-                problems.append(DatasetProblem(str(path), f"line {number}: id {image_id!r} is not a plain file name "
-                                                          f"({reason})"))  # fmt: skip
+                problems.append(
+                    DatasetProblem(str(path), f"line {number}: id {image_id!r} is not a plain file name " f"({reason})")
+                )
             else:
                 ids.append(image_id)
         return ids, problems
@@ -299,8 +318,9 @@ class VOCDataset:
         except Exception as err:  # PIL raises many types for broken files
             return None, [DatasetProblem(str(img_path), f"unreadable image ({err})")]
 
-    def _check_mask(self, image_id: str, require_mask: bool, size: tuple[int, int] | None = None
-                    ) -> tuple[np.ndarray | None, list[DatasetProblem]]:  # fmt: skip
+    def _check_mask(
+        self, image_id: str, require_mask: bool, size: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray | None, list[DatasetProblem]]:
         """The mask (None when absent or unreadable) and its problems: missing when required, unreadable,
         another size than its image (``size``, else read from the image's header), class ids out of range."""
         mask_path = self.mask_path(image_id)
@@ -314,13 +334,17 @@ class VOCDataset:
         if size is None:  # a missing or broken image is the images' problem
             size, _ = self._image_size(image_id, decode=False)
         if size is not None and (mask.shape[1], mask.shape[0]) != size:
-            problems.append(DatasetProblem(
-                str(mask_path), f"mask size {mask.shape[1]}x{mask.shape[0]} != image size {size[0]}x{size[1]}"))
+            problems.append(
+                DatasetProblem(
+                    str(mask_path), f"mask size {mask.shape[1]}x{mask.shape[0]} != image size {size[0]}x{size[1]}"
+                )
+            )
         values = np.unique(mask)
         bad = [int(v) for v in values if v >= self.num_classes and v != IGNORE_INDEX]
         if bad:
-            problems.append(DatasetProblem(
-                str(mask_path), f"class ids {bad} outside 0..{self.num_classes - 1} (and 255)"))
+            problems.append(
+                DatasetProblem(str(mask_path), f"class ids {bad} outside 0..{self.num_classes - 1} (and 255)")
+            )
         return mask, problems
 
     def _check_image(self, image_id: str, require_mask: bool, kinds=KINDS) -> list[DatasetProblem]:
@@ -349,11 +373,14 @@ class VOCDataset:
         bad = [c for c in labels if not 1 <= c < self.num_classes]
         if bad:
             where = self.root / source if source != "Annotations" else self.annotation_path(image_id)
-            return [DatasetProblem(str(where), f"image '{image_id}': label ids {bad} outside 1..{self.num_classes - 1}")]
+            return [
+                DatasetProblem(str(where), f"image '{image_id}': label ids {bad} outside 1..{self.num_classes - 1}")
+            ]
         return []
 
-    def validate(self, splits: list[str], require_masks: bool = True, workers: int = 4,
-                 kinds: tuple[str, ...] = KINDS) -> list[DatasetProblem]:  # fmt: skip
+    def validate(
+        self, splits: list[str], require_masks: bool = True, workers: int = 4, kinds: tuple[str, ...] = KINDS
+    ) -> list[DatasetProblem]:
         """Check every image of ``splits``; return all problems found (empty list = valid).
 
         ``kinds`` picks what is checked of each image: its labels, its image file (decoded), its mask (readable,

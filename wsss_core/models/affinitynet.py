@@ -48,8 +48,10 @@ def level_taps(backbone: Backbone) -> list[tuple[str, int]]:
             raise ValueError(f"efficientnet_lite0: expected 7 stages, found {len(ends)}; cannot place AffinityNet taps")
         picked = [ends[s] for s in LITE0_TAP_STAGES]
         return [(f"_blocks.{i}", blocks[i]._project_conv.out_channels) for i in picked]
-    raise ValueError(f"AffinityNet: no feature levels known for backbone {type(backbone).__name__} "
-                     f"(use resnet50, resnet101 or efficientnet_lite0)")  # fmt: skip
+    raise ValueError(
+        f"AffinityNet: no feature levels known for backbone {type(backbone).__name__} "
+        f"(use resnet50, resnet101 or efficientnet_lite0)"
+    )
 
 
 class AffinityNet(nn.Module):
@@ -76,8 +78,10 @@ class AffinityNet(nn.Module):
         levels = self.feature_levels(x)
         size = levels[-1].shape[-2:]
         parts = [F.elu(conv(level)) for conv, level in zip(self.levels, levels)]
-        parts = [p if p.shape[-2:] == size else F.interpolate(p, size=size, mode="bilinear", align_corners=False)
-                 for p in parts]  # fmt: skip
+        parts = [
+            p if p.shape[-2:] == size else F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+            for p in parts
+        ]
         return F.elu(self.mix(torch.cat(parts, dim=1)))
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -85,15 +89,25 @@ class AffinityNet(nn.Module):
         return self.backbone.param_groups(self.levels, self.mix)
 
 
-def build_affinitynet(arch: dict, *, weights: str | os.PathLike = "random",
-                      weights_dir: str | os.PathLike | None = None, frozen_bn: bool = True) -> AffinityNet:  # fmt: skip
+def build_affinitynet(
+    arch: dict,
+    *,
+    weights: str | os.PathLike = "random",
+    weights_dir: str | os.PathLike | None = None,
+    frozen_bn: bool = True,
+) -> AffinityNet:
     """The AffinityNet described by ``arch`` (keys AFF_ARCH_KEYS); ``weights`` etc. are the backbone's
     (see :func:`wsss_core.models.backbones.build_backbone`). The embedding head always starts fresh."""
     missing = [k for k in AFF_ARCH_KEYS if k not in arch]
     if missing:
         raise ValueError(f"AffinityNet architecture lacks key(s) {missing}")
-    backbone = build_backbone(arch["backbone"], weights=weights, output_stride=arch["output_stride"],
-                              frozen_bn=frozen_bn, weights_dir=weights_dir)  # fmt: skip
+    backbone = build_backbone(
+        arch["backbone"],
+        weights=weights,
+        output_stride=arch["output_stride"],
+        frozen_bn=frozen_bn,
+        weights_dir=weights_dir,
+    )
     return AffinityNet(backbone)
 
 

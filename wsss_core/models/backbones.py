@@ -114,8 +114,12 @@ class Backbone(nn.Module):
         hooks are registered per call, so copies and replicas never share a hook's storage.
         """
         tapped: dict[str, torch.Tensor] = {}
-        handles = [self.get_submodule(name).register_forward_hook(
-            lambda _module, _args, out, name=name: tapped.__setitem__(name, out)) for name in taps]  # fmt: skip
+        handles = [
+            self.get_submodule(name).register_forward_hook(
+                lambda _module, _args, out, name=name: tapped.__setitem__(name, out)
+            )
+            for name in taps
+        ]
         try:
             out = self(x)
         finally:

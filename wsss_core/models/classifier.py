@@ -20,8 +20,13 @@ def build_classifier(arch: dict, num_classes: int, weights: str = "random", weig
     """The network described by ``arch`` (see ARCH_KEYS) over ``num_classes`` foreground classes."""
     if arch["method"] not in METHODS:
         raise ValueError(f"config key classifier.method: unknown method '{arch['method']}' (one of {METHODS})")
-    backbone = build_backbone(arch["backbone"], weights=weights, output_stride=arch["output_stride"],
-                              frozen_bn=frozen_bn, weights_dir=weights_dir)  # fmt: skip
+    backbone = build_backbone(
+        arch["backbone"],
+        weights=weights,
+        output_stride=arch["output_stride"],
+        frozen_bn=frozen_bn,
+        weights_dir=weights_dir,
+    )
     if arch["method"] == "cam":
         return CAMNet(backbone, num_classes)
     return CoAttentionNet(backbone, num_classes, domains=tuple(arch.get("domains", (TARGET,))))

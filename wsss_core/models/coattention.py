@@ -85,15 +85,20 @@ class CoAttentionNet(CAMNet):
         ``exclusive_m``/``exclusive_n`` (contrastive co-attention).
         """
         co_m, co_n = self.coattend(f_m, f_n, pair)
-        out = {"single_m": self._gap(self.classifier(f_m)), "single_n": self._gap(self.classifier(f_n)),
-               "common_m": self._gap(self.co_classifier(co_m)), "common_n": self._gap(self.co_classifier(co_n))}  # fmt: skip
+        out = {
+            "single_m": self._gap(self.classifier(f_m)),
+            "single_n": self._gap(self.classifier(f_n)),
+            "common_m": self._gap(self.co_classifier(co_m)),
+            "common_n": self._gap(self.co_classifier(co_n)),
+        }
         for key, feats, co in (("exclusive_m", f_m, co_m), ("exclusive_n", f_n, co_n)):
             gate = torch.sigmoid(self.gate(co))  # ~1 where this image's content is found in the other
             out[key] = self._gap(self.co_classifier(feats * (1 - gate)))
         return out
 
-    def co_cams(self, f_n: torch.Tensor, f_r: torch.Tensor, pair: str = f"{TARGET}-{TARGET}",
-                query: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def co_cams(
+        self, f_n: torch.Tensor, f_r: torch.Tensor, pair: str = f"{TARGET}-{TARGET}", query: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, K, h_n, w_n) co-attention CAMs of images n given references r (batched pairs).
 
         Equal to ``co_classifier(coattend(f_n, f_r)[0])`` but computed as (W_co F_r) A: a K x N_r
@@ -122,8 +127,10 @@ def pair_loss(logits: dict, l_m: torch.Tensor, l_n: torch.Tensor, *, contrastive
     """
     sm = F.multilabel_soft_margin_loss
     common = common_labels(l_m, l_n)
-    terms = {"single": (sm(logits["single_m"], l_m) + sm(logits["single_n"], l_n)) / 2,
-             "common": (sm(logits["common_m"], common) + sm(logits["common_n"], common)) / 2}  # fmt: skip
+    terms = {
+        "single": (sm(logits["single_m"], l_m) + sm(logits["single_n"], l_n)) / 2,
+        "common": (sm(logits["common_m"], common) + sm(logits["common_n"], common)) / 2,
+    }
     terms["exclusive"] = logits["single_m"].new_zeros(())
     if contrastive:
         for key, target in (("exclusive_m", exclusive_labels(l_m, l_n)), ("exclusive_n", exclusive_labels(l_n, l_m))):

@@ -33,8 +33,14 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from wsss_core.models.backbones import (Backbone, EfficientNetLite0Backbone, ResNetBackbone, VGG16LargeFOV,
-                                        WeightsUnavailableError, build_backbone)  # fmt: skip
+from wsss_core.models.backbones import (
+    Backbone,
+    EfficientNetLite0Backbone,
+    ResNetBackbone,
+    VGG16LargeFOV,
+    WeightsUnavailableError,
+    build_backbone,
+)
 from wsss_core.models.saved import load_saved
 
 # Settings that define the architecture; stored with the weights so inference can rebuild it.
@@ -97,10 +103,12 @@ def separable_conv(in_channels: int, out_channels: int) -> nn.Sequential:
     """
     return nn.Sequential(
         nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False),
-        nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True),
+        nn.BatchNorm2d(in_channels),
+        nn.ReLU(inplace=True),
         nn.Conv2d(in_channels, out_channels, 1, bias=False),
-        nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
-    )  # fmt: skip
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
 
 
 class DeepLabV3PlusHead(nn.Module):
@@ -110,10 +118,14 @@ class DeepLabV3PlusHead(nn.Module):
     def __init__(self, in_channels: int, low_channels: int, num_classes: int, rates: tuple[int, ...], channels: int):
         super().__init__()
         self.aspp = ASPP(in_channels, rates, channels)
-        self.reduce = nn.Sequential(nn.Conv2d(low_channels, DECODER_LOW_CHANNELS, 1, bias=False),
-                                    nn.BatchNorm2d(DECODER_LOW_CHANNELS), nn.ReLU(inplace=True))  # fmt: skip
-        self.fuse = nn.Sequential(separable_conv(channels + DECODER_LOW_CHANNELS, channels),
-                                  separable_conv(channels, channels))  # fmt: skip
+        self.reduce = nn.Sequential(
+            nn.Conv2d(low_channels, DECODER_LOW_CHANNELS, 1, bias=False),
+            nn.BatchNorm2d(DECODER_LOW_CHANNELS),
+            nn.ReLU(inplace=True),
+        )
+        self.fuse = nn.Sequential(
+            separable_conv(channels + DECODER_LOW_CHANNELS, channels), separable_conv(channels, channels)
+        )
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         _init_new(self)
         _init_conv(self.classifier, classifier=True)
@@ -194,8 +206,14 @@ class Segmenter(nn.Module):
         return self.backbone.param_groups(self.head)
 
 
-def build_segmenter(arch: dict, num_classes: int, *, weights: str | os.PathLike = "random",
-                    weights_dir: str | os.PathLike | None = None, frozen_bn: bool = True) -> Segmenter:  # fmt: skip
+def build_segmenter(
+    arch: dict,
+    num_classes: int,
+    *,
+    weights: str | os.PathLike = "random",
+    weights_dir: str | os.PathLike | None = None,
+    frozen_bn: bool = True,
+) -> Segmenter:
     """The network described by ``arch`` (keys SEG_ARCH_KEYS) over ``num_classes`` classes incl. background.
 
     ``weights`` / ``weights_dir`` / ``frozen_bn`` are the backbone's (see ``build_backbone``):
@@ -210,8 +228,13 @@ def build_segmenter(arch: dict, num_classes: int, *, weights: str | os.PathLike 
     if weights not in ("imagenet", "random") and not os.path.isfile(weights):
         raise FileNotFoundError(f"config key segmentation.weights: {weights} is not a file (or use imagenet, random)")
     try:
-        backbone = build_backbone(arch["backbone"], weights=weights, output_stride=arch["output_stride"],
-                                  frozen_bn=frozen_bn, weights_dir=weights_dir)  # fmt: skip
+        backbone = build_backbone(
+            arch["backbone"],
+            weights=weights,
+            output_stride=arch["output_stride"],
+            frozen_bn=frozen_bn,
+            weights_dir=weights_dir,
+        )
     except WeightsUnavailableError as err:
         # build_backbone's advice names the classifier's config keys; here the segmentation's apply
         raise WeightsUnavailableError(str(err).replace("classifier.weights", "segmentation.weights")) from err

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 
-def load_saved(path: str | os.PathLike, build: Callable[[dict], nn.Module], device: torch.device | str = "cpu"
-               ) -> tuple[nn.Module, dict]:  # fmt: skip
+def load_saved(
+    path: str | os.PathLike, build: Callable[[dict], nn.Module], device: torch.device | str = "cpu"
+) -> tuple[nn.Module, dict]:
     """(model in eval mode on ``device``, metadata): ``build(meta)`` makes the empty network, the file fills it."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     meta = payload["meta"]

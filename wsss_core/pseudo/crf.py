@@ -99,8 +99,10 @@ def crf_labels(image: np.ndarray, labels: np.ndarray, label_set: Sequence[int], 
     image = _check_image(image)
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.shape != image.shape[:2] or labels.dtype != np.uint8:
-        raise ValueError(f"CRF labels must be (H, W) uint8 matching the image {image.shape[:2]}, "
-                         f"got {labels.shape} {labels.dtype}")  # fmt: skip
+        raise ValueError(
+            f"CRF labels must be (H, W) uint8 matching the image {image.shape[:2]}, "
+            f"got {labels.shape} {labels.dtype}"
+        )
     keys = np.asarray(list(label_set), dtype=np.int64).reshape(-1)
     if keys.size == 0 or np.unique(keys).size != keys.size or keys.min() < 0 or keys.max() > 255:
         raise ValueError(f"label_set must be distinct values in 0..255, got {keys.tolist()}")

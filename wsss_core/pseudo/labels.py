@@ -52,13 +52,17 @@ def zone_cuts(threshold: float, fg_margin: float, bg_margin: float) -> tuple[flo
     return round(threshold + fg_margin, 6), round(max(threshold - bg_margin, 0.0), 6)
 
 
-def image_cams(stage: str, image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int]) -> tuple[np.ndarray, list[int]]:
+def image_cams(
+    stage: str, image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int]
+) -> tuple[np.ndarray, list[int]]:
     """``(cams as an array, class ids as ints)``, after checking the maps are (K, H, W) at the image's size."""
     cams = np.asarray(cams)
     class_ids = [int(c) for c in class_ids]
     if cams.ndim != 3 or cams.shape[0] != len(class_ids) or cams.shape[1:] != np.shape(image)[:2]:
-        raise ValueError(f"{stage}: CAMs of shape {cams.shape} for {len(class_ids)} class id(s) "
-                         f"and an image of shape {np.shape(image)}; expected (K, H, W) at image size")  # fmt: skip
+        raise ValueError(
+            f"{stage}: CAMs of shape {cams.shape} for {len(class_ids)} class id(s) "
+            f"and an image of shape {np.shape(image)}; expected (K, H, W) at image size"
+        )
     return cams, class_ids
 
 
@@ -103,8 +107,9 @@ def check_map_size(store: Path, image_id: str, what: str, shape: tuple, dataset:
         )
 
 
-def _label_images(cam_h5: str | None, root: str, ids: list[str], out_dir: str, *, label_fn,
-                  saliency_h5: str | None) -> list:  # fmt: skip
+def _label_images(
+    cam_h5: str | None, root: str, ids: list[str], out_dir: str, *, label_fn, saliency_h5: str | None
+) -> list:
     """Write the pseudo labels of ``ids``; returns [images, all-void images].
 
     Opens its own readers (HDF5 handles must not cross forks). ``label_fn(image, cams,
@@ -165,8 +170,14 @@ def write_label_folder(
         with SaliencyReader(saliency_h5) as reader:
             reader.check_covers(ids)
     with atomic_dir(out_dir) as tmp:
-        task = partial(_label_images, None if cam_h5 is None else str(cam_h5), str(dataset.root), out_dir=str(tmp),
-                       label_fn=label_fn, saliency_h5=None if saliency_h5 is None else str(saliency_h5))  # fmt: skip
+        task = partial(
+            _label_images,
+            None if cam_h5 is None else str(cam_h5),
+            str(dataset.root),
+            out_dir=str(tmp),
+            label_fn=label_fn,
+            saliency_h5=None if saliency_h5 is None else str(saliency_h5),
+        )
         if workers > 1 and len(ids) > 1:
             counts = np.sum(fork_map_chunks(task, ids, workers), axis=0)
         else:
@@ -199,8 +210,9 @@ def make_pseudo_labels(
     start = time.perf_counter()
     fg_cut, bg_cut = zone_cuts(threshold, fg_margin, bg_margin)
     settings = dict(threshold=threshold, fg_margin=fg_margin, bg_margin=bg_margin, crf=crf)
-    done = write_label_folder(cam_h5, dataset_root, split, out_dir, label_fn=partial(_irn_label, **settings),
-                              workers=workers)  # fmt: skip
+    done = write_label_folder(
+        cam_h5, dataset_root, split, out_dir, label_fn=partial(_irn_label, **settings), workers=workers
+    )
     return {
         "images": done["images"],
         "threshold": float(threshold),

@@ -62,8 +62,10 @@ def _providers(device: str, available: Sequence[str]) -> list:
     if kind != "cuda" or (index and not index.isdigit()):
         raise ValueError(f"saliency device must be auto, cpu, cuda or cuda:N, got {device!r}")
     if not has_cuda:
-        raise RuntimeError(f"saliency device '{device}' requested but onnxruntime has no CUDAExecutionProvider "
-                           f"(available: {list(available)}; the GPU build is the onnxruntime-gpu package)")  # fmt: skip
+        raise RuntimeError(
+            f"saliency device '{device}' requested but onnxruntime has no CUDAExecutionProvider "
+            f"(available: {list(available)}; the GPU build is the onnxruntime-gpu package)"
+        )
     return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
 
 
@@ -158,8 +160,12 @@ def make_saliency(
         session = open_u2netp(device=device, threads=threads)
         providers = session.get_providers()[:1]
         model = u2netp_path()
-        extra = {"model_file": model.name, "model_sha256": _sha256(model),
-                 "package": f"{PACKAGE} {importlib.metadata.version(PACKAGE)}", "providers": providers}  # fmt: skip
+        extra = {
+            "model_file": model.name,
+            "model_sha256": _sha256(model),
+            "package": f"{PACKAGE} {importlib.metadata.version(PACKAGE)}",
+            "providers": providers,
+        }
         with SaliencyWriter(out_h5, source="u2netp", extra_attrs=extra) as writer:
             for first in range(0, len(ids), batch_size):
                 chunk = ids[first : first + batch_size]

@@ -55,12 +55,21 @@ DEFAULTS = {"cam_threshold": 0.3, "sal_threshold": 0.5, "min_fg_share": 0.01, "e
 EXTENTS = ("cams", "saliency")
 
 
-def _check_settings(cam_threshold: float, sal_threshold: float, min_fg_share: float,
-                    extent: str = DEFAULTS["extent"], class_margin: float = DEFAULTS["class_margin"]) -> None:  # fmt: skip
+def _check_settings(
+    cam_threshold: float,
+    sal_threshold: float,
+    min_fg_share: float,
+    extent: str = DEFAULTS["extent"],
+    class_margin: float = DEFAULTS["class_margin"],
+) -> None:
     if extent not in EXTENTS:
         raise ValueError(f"saliency pseudo labels: extent must be one of {', '.join(EXTENTS)}, got {extent!r}")
-    for name, value in (("cam_threshold", cam_threshold), ("sal_threshold", sal_threshold),
-                        ("min_fg_share", min_fg_share), ("class_margin", class_margin)):  # fmt: skip
+    for name, value in (
+        ("cam_threshold", cam_threshold),
+        ("sal_threshold", sal_threshold),
+        ("min_fg_share", min_fg_share),
+        ("class_margin", class_margin),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"saliency pseudo labels: {name} must be a number in [0, 1], got {value!r}")
         if not 0.0 <= value <= 1.0:
@@ -102,7 +111,9 @@ def saliency_pseudo_label(
     peaks = cams.reshape(len(class_ids), -1).max(1).reshape(-1, 1, 1)
     scores = np.where(peaks > 0, cams / np.maximum(peaks, 1e-12), 0.0)
     if extent == "saliency":
-        return _salient_extent_label(image, scores, class_ids, saliency > sal_threshold, class_margin, min_fg_share, crf)
+        return _salient_extent_label(
+            image, scores, class_ids, saliency > sal_threshold, class_margin, min_fg_share, crf
+        )
     on = scores > cam_threshold
     scores = np.where(on, scores, 0.0)
     labels = np.asarray([0, *class_ids], np.uint8)[np.concatenate([1.0 - saliency[None], scores]).argmax(0)]
@@ -115,8 +126,15 @@ def saliency_pseudo_label(
     return labels
 
 
-def _salient_extent_label(image: np.ndarray, scores: np.ndarray, class_ids: list[int], salient: np.ndarray,
-                          class_margin: float, min_fg_share: float, crf: dict | None) -> np.ndarray:  # fmt: skip
+def _salient_extent_label(
+    image: np.ndarray,
+    scores: np.ndarray,
+    class_ids: list[int],
+    salient: np.ndarray,
+    class_margin: float,
+    min_fg_share: float,
+    crf: dict | None,
+) -> np.ndarray:
     """``extent="saliency"``: salient pixels -> their best class (void within ``class_margin``), else 0."""
     labels = np.zeros(salient.shape, np.uint8)
     labels[salient] = np.asarray(class_ids, np.uint8)[scores.argmax(0)][salient]
@@ -130,8 +148,14 @@ def _salient_extent_label(image: np.ndarray, scores: np.ndarray, class_ids: list
     return labels
 
 
-def saliency_only_label(image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int], saliency: np.ndarray, *,
-                        sal_threshold: float = DEFAULTS["sal_threshold"]) -> np.ndarray:  # fmt: skip
+def saliency_only_label(
+    image: np.ndarray,
+    cams: np.ndarray,
+    class_ids: Sequence[int],
+    saliency: np.ndarray,
+    *,
+    sal_threshold: float = DEFAULTS["sal_threshold"],
+) -> np.ndarray:
     """(H, W) uint8: saliency above ``sal_threshold`` -> the image's one class (255 with several), else 0.
 
     ``cams`` is not read (the recipe's signature is every recipe's); ``image`` gives the size only.
@@ -147,13 +171,26 @@ def saliency_only_label(image: np.ndarray, cams: np.ndarray, class_ids: Sequence
     return labels
 
 
-def make_saliency_only_labels(saliency_h5: str | os.PathLike, dataset_root: str | os.PathLike, split: str,
-                              out_dir: str | os.PathLike, *, sal_threshold: float = DEFAULTS["sal_threshold"],
-                              workers: int = 1) -> dict:  # fmt: skip
+def make_saliency_only_labels(
+    saliency_h5: str | os.PathLike,
+    dataset_root: str | os.PathLike,
+    split: str,
+    out_dir: str | os.PathLike,
+    *,
+    sal_threshold: float = DEFAULTS["sal_threshold"],
+    workers: int = 1,
+) -> dict:
     """Write ``<out_dir>/<id>.png`` by :func:`saliency_only_label` for every image of ``split`` (no CAMs)."""
     start = time.perf_counter()
-    done = write_label_folder(None, dataset_root, split, out_dir, workers=workers, saliency_h5=saliency_h5,
-                              label_fn=partial(saliency_only_label, sal_threshold=sal_threshold))  # fmt: skip
+    done = write_label_folder(
+        None,
+        dataset_root,
+        split,
+        out_dir,
+        workers=workers,
+        saliency_h5=saliency_h5,
+        label_fn=partial(saliency_only_label, sal_threshold=sal_threshold),
+    )
     return {**done, "sal_threshold": float(sal_threshold), "seconds": round(time.perf_counter() - start, 3)}
 
 
@@ -182,10 +219,23 @@ def make_saliency_pseudo_labels(
     """
     start = time.perf_counter()
     _check_settings(cam_threshold, sal_threshold, min_fg_share, extent, class_margin)
-    settings = dict(cam_threshold=cam_threshold, sal_threshold=sal_threshold, min_fg_share=min_fg_share,
-                    extent=extent, class_margin=class_margin, crf=crf)  # fmt: skip
-    done = write_label_folder(cam_h5, dataset_root, split, out_dir, label_fn=partial(saliency_pseudo_label, **settings),
-                              workers=workers, saliency_h5=saliency_h5)  # fmt: skip
+    settings = dict(
+        cam_threshold=cam_threshold,
+        sal_threshold=sal_threshold,
+        min_fg_share=min_fg_share,
+        extent=extent,
+        class_margin=class_margin,
+        crf=crf,
+    )
+    done = write_label_folder(
+        cam_h5,
+        dataset_root,
+        split,
+        out_dir,
+        label_fn=partial(saliency_pseudo_label, **settings),
+        workers=workers,
+        saliency_h5=saliency_h5,
+    )
     return {
         **done,
         "cam_threshold": float(cam_threshold),

@@ -114,8 +114,12 @@ def check_saliency_folder(folder: str | os.PathLike, dataset: VOCDataset, ids: S
     if not folder.is_dir():
         raise SaliencyStoreError(f"saliency folder {folder}: not a folder")
     problems = _folder_problems(folder, dataset, ids)
-    titles = {"missing": "missing PNG(s)", "size": "PNG(s) not the size of their image",
-              "mode": "PNG(s) not grayscale (mode L, 0..255)", "unreadable": "unreadable PNG(s)"}  # fmt: skip
+    titles = {
+        "missing": "missing PNG(s)",
+        "size": "PNG(s) not the size of their image",
+        "mode": "PNG(s) not grayscale (mode L, 0..255)",
+        "unreadable": "unreadable PNG(s)",
+    }
     lines = []
     for kind, found in problems.items():
         if found:

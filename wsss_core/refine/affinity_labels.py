@@ -37,8 +37,9 @@ def background_score(cams: np.ndarray, alpha: float) -> np.ndarray:
     return (1.0 - top) ** alpha
 
 
-def alpha_labels(image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int], *, alpha: float,
-                 crf: dict | None) -> np.ndarray:  # fmt: skip
+def alpha_labels(
+    image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int], *, alpha: float, crf: dict | None
+) -> np.ndarray:
     """(H, W) uint8 argmax of ``[background_score(alpha), cams]`` as 0 / class ids, CRF-refined unless ``crf`` is None.
 
     The CRF gets the raw scores as probabilities (PSA's ``crf_inference``): its unary is -log of them.
@@ -52,12 +53,21 @@ def alpha_labels(image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int], 
 
 def check_alphas(low_alpha: float, high_alpha: float) -> None:
     if not (np.isfinite(low_alpha) and np.isfinite(high_alpha) and 0 < low_alpha < high_alpha):
-        raise ValueError(f"affinity labels: need 0 < low_alpha < high_alpha (low: strong background, confident "
-                         f"foreground), got low_alpha={low_alpha!r}, high_alpha={high_alpha!r}")  # fmt: skip
+        raise ValueError(
+            f"affinity labels: need 0 < low_alpha < high_alpha (low: strong background, confident "
+            f"foreground), got low_alpha={low_alpha!r}, high_alpha={high_alpha!r}"
+        )
 
 
-def confident_labels(image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int], *, low_alpha: float = 4,
-                     high_alpha: float = 32, crf: dict | None) -> np.ndarray:  # fmt: skip
+def confident_labels(
+    image: np.ndarray,
+    cams: np.ndarray,
+    class_ids: Sequence[int],
+    *,
+    low_alpha: float = 4,
+    high_alpha: float = 32,
+    crf: dict | None,
+) -> np.ndarray:
     """(H, W) uint8: class ids where confident foreground, 0 where confident background, 255 between.
 
     ``cams`` (K, H, W) in [0, 1] for the K ``class_ids``; ``image`` (H, W, 3) uint8 (CRF only);
@@ -72,9 +82,17 @@ def confident_labels(image: np.ndarray, cams: np.ndarray, class_ids: Sequence[in
     return out
 
 
-def make_affinity_labels(cam_h5: str | os.PathLike, dataset_root: str | os.PathLike, split: str,
-                         out_dir: str | os.PathLike, *, low_alpha: float = 4, high_alpha: float = 32,
-                         crf: dict | None, workers: int = 1) -> dict:  # fmt: skip
+def make_affinity_labels(
+    cam_h5: str | os.PathLike,
+    dataset_root: str | os.PathLike,
+    split: str,
+    out_dir: str | os.PathLike,
+    *,
+    low_alpha: float = 4,
+    high_alpha: float = 32,
+    crf: dict | None,
+    workers: int = 1,
+) -> dict:
     """Write ``<out_dir>/<id>.png`` (VOC palette, 255 = void) for every image of ``split``.
 
     The dataset loop is :func:`wsss_core.pseudo.labels.write_label_folder` (store checks naming
@@ -85,5 +103,10 @@ def make_affinity_labels(cam_h5: str | os.PathLike, dataset_root: str | os.PathL
     check_alphas(low_alpha, high_alpha)
     label_fn = partial(confident_labels, low_alpha=low_alpha, high_alpha=high_alpha, crf=crf)
     done = write_label_folder(cam_h5, dataset_root, split, out_dir, label_fn=label_fn, workers=workers)
-    return {**done, "low_alpha": float(low_alpha), "high_alpha": float(high_alpha), "crf": crf is not None,
-            "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
+    return {
+        **done,
+        "low_alpha": float(low_alpha),
+        "high_alpha": float(high_alpha),
+        "crf": crf is not None,
+        "seconds": round(time.perf_counter() - start, 3),
+    }

@@ -50,8 +50,20 @@ def embed_image(model, image: np.ndarray, device: torch.device) -> torch.Tensor:
     return model(x)[0].float()
 
 
-def _walk_images(cam_h5: str, root: str, model_path: str, ids: list[str], *, out_dir: str, part_h5: str | None,
-                 part_dir: str | None, store: dict, walk: dict, device: str, threads: int) -> str:  # fmt: skip
+def _walk_images(
+    cam_h5: str,
+    root: str,
+    model_path: str,
+    ids: list[str],
+    *,
+    out_dir: str,
+    part_h5: str | None,
+    part_dir: str | None,
+    store: dict,
+    walk: dict,
+    device: str,
+    threads: int,
+) -> str:
     """Walk ``ids`` into PNGs in ``out_dir`` and a CAM store ``part_h5`` (default ``<part_dir>/<first id>.h5``);
     model and HDF5 handles are this process's own. Returns the store's path."""
     part_h5 = part_h5 or str(Path(part_dir) / f"{ids[0]}.h5")
@@ -65,8 +77,9 @@ def _walk_images(cam_h5: str, root: str, model_path: str, ids: list[str], *, out
             image = dataset.load_image(image_id)
             check_map_size(reader.path, image_id, "CAMs are", cams.shape[1:], dataset, image)
             embedding = embed_image(model, image, device)
-            labels, walked = propagate_cams(embedding, torch.from_numpy(cams), class_ids, stride=meta["stride"],
-                                            radius=meta["radius"], **walk)  # fmt: skip
+            labels, walked = propagate_cams(
+                embedding, torch.from_numpy(cams), class_ids, stride=meta["stride"], radius=meta["radius"], **walk
+            )
             save_label_png(Path(out_dir) / f"{image_id}.png", labels, palette)
             writer.write(image_id, walked, class_ids)
     return part_h5
@@ -81,10 +94,21 @@ def _merge(parts: list[str], out_h5: Path, classes, store: dict) -> None:
                     writer.write(image_id, *reader.read(image_id))
 
 
-def propagate_split(cam_h5: str | os.PathLike, dataset_root: str | os.PathLike, split: str,
-                    model_path: str | os.PathLike, out_dir: str | os.PathLike, out_h5: str | os.PathLike, *,
-                    beta: float = 8, logt: int = 8, alpha: float = 16, workers: int = 1, threads: int = 1,
-                    device: str = "auto") -> dict:  # fmt: skip
+def propagate_split(
+    cam_h5: str | os.PathLike,
+    dataset_root: str | os.PathLike,
+    split: str,
+    model_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    out_h5: str | os.PathLike,
+    *,
+    beta: float = 8,
+    logt: int = 8,
+    alpha: float = 16,
+    workers: int = 1,
+    threads: int = 1,
+    device: str = "auto",
+) -> dict:
     """Random-walk the CAMs of every image of ``split`` with the AffinityNet ``model_path``.
 
     ``beta``: affinity exponent; ``logt``: 2^logt walk steps; ``alpha``: background score exponent
@@ -92,8 +116,10 @@ def propagate_split(cam_h5: str | os.PathLike, dataset_root: str | os.PathLike, 
     """
     start = time.perf_counter()
     if not (beta > 0 and alpha > 0 and isinstance(logt, int) and 0 <= logt <= 16):
-        raise ValueError(f"random walk: need beta > 0, alpha > 0 and an integer logt in 0..16, "
-                         f"got beta={beta!r}, alpha={alpha!r}, logt={logt!r}")  # fmt: skip
+        raise ValueError(
+            f"random walk: need beta > 0, alpha > 0 and an integer logt in 0..16, "
+            f"got beta={beta!r}, alpha={alpha!r}, logt={logt!r}"
+        )
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     device = select_device(device)
@@ -101,24 +127,44 @@ def propagate_split(cam_h5: str | os.PathLike, dataset_root: str | os.PathLike, 
     ids = dataset.ids(split)
     meta = torch.load(model_path, map_location="cpu", weights_only=True)["meta"]
     if meta["classes"] != list(dataset.classes):
-        raise ValueError(f"{model_path}: AffinityNet trained on classes {meta['classes']}, dataset "
-                         f"{dataset.root} has {list(dataset.classes)}")  # fmt: skip
+        raise ValueError(
+            f"{model_path}: AffinityNet trained on classes {meta['classes']}, dataset "
+            f"{dataset.root} has {list(dataset.classes)}"
+        )
     with CAMReader(cam_h5) as reader:  # checked before any work, and closed again before any fork
         check_store_covers(reader, dataset.classes, ids)
         source = reader.attrs
     walk = dict(beta=beta, logt=logt, alpha=alpha)
-    store = dict(scales=source["scales"], stride=meta["stride"], checkpoint_sha256=file_sha256(model_path),
-                 extra_attrs={"split": split, "refinement": "random_walk", "source_cams": str(cam_h5),
-                              "source_checkpoint_sha256": source["checkpoint_sha256"], "radius": meta["radius"],
-                              **walk})  # fmt: skip
+    store = dict(
+        scales=source["scales"],
+        stride=meta["stride"],
+        checkpoint_sha256=file_sha256(model_path),
+        extra_attrs={
+            "split": split,
+            "refinement": "random_walk",
+            "source_cams": str(cam_h5),
+            "source_checkpoint_sha256": source["checkpoint_sha256"],
+            "radius": meta["radius"],
+            **walk,
+        },
+    )
     if device.type == "cuda" and workers > 1:
-        log.info("random walk on %s: one process (workers=%d ignored; forked processes cannot share CUDA)",
-                 device, workers)  # fmt: skip
+        log.info(
+            "random walk on %s: one process (workers=%d ignored; forked processes cannot share CUDA)", device, workers
+        )
         workers = 1
     out_h5 = Path(out_h5)
     out_h5.parent.mkdir(parents=True, exist_ok=True)
-    task = partial(_walk_images, str(cam_h5), str(dataset.root), str(model_path), store=store, walk=walk,
-                   device=str(device), threads=threads)  # fmt: skip
+    task = partial(
+        _walk_images,
+        str(cam_h5),
+        str(dataset.root),
+        str(model_path),
+        store=store,
+        walk=walk,
+        device=str(device),
+        threads=threads,
+    )
     with atomic_dir(out_dir) as tmp:
         if workers == 1 or len(ids) < 2:
             task(ids, out_dir=str(tmp), part_h5=str(out_h5), part_dir=None)

@@ -172,8 +172,18 @@ def cams_to_grid(cams: torch.Tensor, grid: tuple[int, int], stride: int, *, alph
     return F.avg_pool2d(scores[None], stride)[0]
 
 
-def propagate_cams(embedding: torch.Tensor, cams: torch.Tensor, class_ids, *, stride: int, radius: int, beta: float,
-                   logt: int, alpha: float, dense: bool = False) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def propagate_cams(
+    embedding: torch.Tensor,
+    cams: torch.Tensor,
+    class_ids,
+    *,
+    stride: int,
+    radius: int,
+    beta: float,
+    logt: int,
+    alpha: float,
+    dense: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """Random-walk one image's CAMs with its AffinityNet embedding.
 
     ``embedding`` (C, h, w) of the image zero-padded to ``(h * stride, w * stride)``; ``cams``
@@ -197,8 +207,9 @@ def propagate_cams(embedding: torch.Tensor, cams: torch.Tensor, class_ids, *, st
         walked = random_walk_dense(dense_transition_matrix(aff, ind_from, ind_to, h * w, beta=beta), x, logt=logt)
     else:
         walked = random_walk(transition_matrix(aff, ind_from, ind_to, h * w, beta=beta), x, logt=logt)
-    up = F.interpolate(walked.T.reshape(1, -1, h, w), size=(h * stride, w * stride), mode="bilinear",
-                       align_corners=False)[0, :, :height, :width]  # fmt: skip
+    up = F.interpolate(
+        walked.T.reshape(1, -1, h, w), size=(h * stride, w * stride), mode="bilinear", align_corners=False
+    )[0, :, :height, :width]
     labels = np.asarray([0, *class_ids], np.uint8)[up.argmax(0).cpu().numpy()]
     return labels, unit_max(up[1:]).cpu().numpy().astype(np.float32)
 

@@ -100,9 +100,18 @@ def _row_label(dataset: VOCDataset, image_id: str, width: int = 22) -> str:
     return "\n".join([image_id, *textwrap.wrap(names, width)])
 
 
-def _render(dataset: VOCDataset, split: str, out_png, *, cam_h5=None, pseudo_dir=None,
-            predict: Callable[[np.ndarray], np.ndarray] | None = None, n_images: int = 4,
-            panel_inches: float = 2.0, dpi: int = 100) -> list[str]:  # fmt: skip
+def _render(
+    dataset: VOCDataset,
+    split: str,
+    out_png,
+    *,
+    cam_h5=None,
+    pseudo_dir=None,
+    predict: Callable[[np.ndarray], np.ndarray] | None = None,
+    n_images: int = 4,
+    panel_inches: float = 2.0,
+    dpi: int = 100,
+) -> list[str]:
     """:func:`render_overlays` with the prediction column from ``predict`` (image -> label map), if given."""
     ids = choose_images(dataset, dataset.ids(split), n_images)
     if not ids:
@@ -151,8 +160,13 @@ def _render(dataset: VOCDataset, split: str, out_png, *, cam_h5=None, pseudo_dir
     finally:
         if reader is not None:
             reader.close()
-    legend = [Patch(color=_PALETTE[c] / 255, label=dataset.classes[c] if c < dataset.num_classes else
-                    ("void" if c == IGNORE_INDEX else f"id {c}")) for c in sorted(shown_classes)]  # fmt: skip
+    legend = [
+        Patch(
+            color=_PALETTE[c] / 255,
+            label=dataset.classes[c] if c < dataset.num_classes else ("void" if c == IGNORE_INDEX else f"id {c}"),
+        )
+        for c in sorted(shown_classes)
+    ]
     if legend:
         fig.legend(handles=legend, loc="outside lower center", ncols=min(len(legend), 6), fontsize=7, frameon=False)
     with atomic_file(out_png) as tmp:
@@ -160,14 +174,34 @@ def _render(dataset: VOCDataset, split: str, out_png, *, cam_h5=None, pseudo_dir
     return ids
 
 
-def render_overlays(dataset_root, split: str, out_png: str | os.PathLike, *, cam_h5=None, pseudo_dir=None,
-                    model_path=None, n_images: int = 4, scales: Sequence[float] = (1.0,), device: str = "auto",
-                    panel_inches: float = 2.0, dpi: int = 100) -> list[str]:  # fmt: skip
+def render_overlays(
+    dataset_root,
+    split: str,
+    out_png: str | os.PathLike,
+    *,
+    cam_h5=None,
+    pseudo_dir=None,
+    model_path=None,
+    n_images: int = 4,
+    scales: Sequence[float] = (1.0,),
+    device: str = "auto",
+    panel_inches: float = 2.0,
+    dpi: int = 100,
+) -> list[str]:
     """Draw the overlay grid of ``n_images`` images of ``split`` to ``out_png``; return the ids shown.
 
     The PNG measures ``panel_inches * dpi`` pixels per row and per column.
     """
     dataset = VOCDataset(dataset_root)
     predict = _model_predictor(model_path, dataset, scales, device) if model_path is not None else None
-    return _render(dataset, split, out_png, cam_h5=cam_h5, pseudo_dir=pseudo_dir, predict=predict,
-                   n_images=n_images, panel_inches=panel_inches, dpi=dpi)  # fmt: skip
+    return _render(
+        dataset,
+        split,
+        out_png,
+        cam_h5=cam_h5,
+        pseudo_dir=pseudo_dir,
+        predict=predict,
+        n_images=n_images,
+        panel_inches=panel_inches,
+        dpi=dpi,
+    )

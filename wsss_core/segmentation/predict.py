@@ -59,8 +59,16 @@ def network_scales(meta: dict, scales) -> list[float]:
 
 
 @torch.inference_mode()
-def predict_probs(model, image: np.ndarray, mean, std, *, scales: Sequence[float] = (1.0,), flip: bool = True,
-                  device: torch.device | str = "cpu") -> torch.Tensor:  # fmt: skip
+def predict_probs(
+    model,
+    image: np.ndarray,
+    mean,
+    std,
+    *,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = True,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """(C, H, W) float32 softmax probabilities on ``device`` for one RGB uint8 image (H, W, 3).
 
     ``model`` (in eval mode, on ``device``) maps a normalised (B, 3, h, w) batch to logits
@@ -90,8 +98,10 @@ def predict_probs(model, image: np.ndarray, mean, std, *, scales: Sequence[float
 def check_classes(meta: dict, dataset: VOCDataset, model_path) -> None:
     """The network's class list must be the dataset's, in the same order (a class id means one thing)."""
     if list(meta["classes"]) != list(dataset.classes):
-        raise ValueError(f"{model_path}: trained on classes {list(meta['classes'])}, "
-                         f"dataset {dataset.root} has {list(dataset.classes)}")  # fmt: skip
+        raise ValueError(
+            f"{model_path}: trained on classes {list(meta['classes'])}, "
+            f"dataset {dataset.root} has {list(dataset.classes)}"
+        )
 
 
 def _load_crf() -> Callable:
@@ -112,9 +122,21 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _predict_with_model(model, meta: dict, dataset_root, split: str, out_dir, *, scales, flip: bool,
-                        crf: dict | None, device: torch.device | str = "cpu", workers: int = 1,
-                        model_path="the model", crf_fn: Callable | None = None) -> dict:  # fmt: skip
+def _predict_with_model(
+    model,
+    meta: dict,
+    dataset_root,
+    split: str,
+    out_dir,
+    *,
+    scales,
+    flip: bool,
+    crf: dict | None,
+    device: torch.device | str = "cpu",
+    workers: int = 1,
+    model_path="the model",
+    crf_fn: Callable | None = None,
+) -> dict:
     """:func:`predict_split` after loading: ``model`` and ``meta`` as :func:`load_segmenter` returns them.
 
     ``crf_fn`` replaces ``wsss_core.pseudo.crf.crf_probs`` (tests); it must be picklable for ``workers > 1``.
@@ -150,11 +172,14 @@ def _predict_with_model(model, meta: dict, dataset_root, split: str, out_dir, *,
             with torch.backends.cudnn.flags(enabled=False):
                 for image_id in tqdm(ids, desc=f"predict {split}", mininterval=10, ascii=True):
                     image = dataset.load_image(image_id)
-                    probs = predict_probs(model, image, meta["mean"], meta["std"], scales=scales, flip=flip,
-                                          device=device)  # fmt: skip
+                    probs = predict_probs(
+                        model, image, meta["mean"], meta["std"], scales=scales, flip=flip, device=device
+                    )
                     if probs.shape[0] != dataset.num_classes:
-                        raise ValueError(f"{model_path}: {probs.shape[0]} output channels for "
-                                         f"{dataset.num_classes} classes (image '{image_id}')")  # fmt: skip
+                        raise ValueError(
+                            f"{model_path}: {probs.shape[0]} output channels for "
+                            f"{dataset.num_classes} classes (image '{image_id}')"
+                        )
                     path = tmp / f"{image_id}.png"
                     if crf is None:
                         save_label_png(path, probs.argmax(0).to(torch.uint8).cpu().numpy(), palette)
@@ -172,17 +197,45 @@ def _predict_with_model(model, meta: dict, dataset_root, split: str, out_dir, *,
                 pool.shutdown(wait=True, cancel_futures=True)
     seconds = time.perf_counter() - start
     log.info("wrote %d label maps to %s in %.1f s", len(ids), out_dir, seconds)
-    return {"images": len(ids), "seconds": round(seconds, 3), "crf": crf is not None,
-            "crf_workers": workers if parallel else (1 if crf is not None else 0), "device": str(device),
-            "scales": scales, "flip": bool(flip)}  # fmt: skip
+    return {
+        "images": len(ids),
+        "seconds": round(seconds, 3),
+        "crf": crf is not None,
+        "crf_workers": workers if parallel else (1 if crf is not None else 0),
+        "device": str(device),
+        "scales": scales,
+        "flip": bool(flip),
+    }
 
 
-def predict_split(model_path, dataset_root, split: str, out_dir, *, scales, flip: bool, crf: dict | None,
-                  threads: int = 1, device: str = "auto", workers: int = 1) -> dict:  # fmt: skip
+def predict_split(
+    model_path,
+    dataset_root,
+    split: str,
+    out_dir,
+    *,
+    scales,
+    flip: bool,
+    crf: dict | None,
+    threads: int = 1,
+    device: str = "auto",
+    workers: int = 1,
+) -> dict:
     """Write ``<out_dir>/<id>.png`` (argmax of the averaged probabilities, after the CRF if ``crf`` is a
     dict of its parameters) for every image of ``split``. Returns ``{"images", "seconds", ...}``."""
     device = select_device(device)
     torch.set_num_threads(max(1, threads))
     model, meta = load_segmenter(model_path, device)
-    return _predict_with_model(model, meta, dataset_root, split, out_dir, scales=scales, flip=flip, crf=crf,
-                               device=device, workers=workers, model_path=model_path)  # fmt: skip
+    return _predict_with_model(
+        model,
+        meta,
+        dataset_root,
+        split,
+        out_dir,
+        scales=scales,
+        flip=flip,
+        crf=crf,
+        device=device,
+        workers=workers,
+        model_path=model_path,
+    )

@@ -34,11 +34,11 @@ def grid_labels(labels: torch.Tensor, stride: int) -> torch.Tensor:
     return labels[:, stride // 2 :: stride, stride // 2 :: stride]
 
 
-CONFIG_KEYS = (
-    "backbone", "weights", "weights_dir", "output_stride", "frozen_bn", "radius", "epochs", "batch_size", "lr",
-    "new_layer_lr_mult", "momentum", "weight_decay", "poly_power", "crop_size", "scale_range", "flip",
-    "color_jitter", "num_workers", "seed", "amp", "amp_dtype", "channels_last",
-)  # fmt: skip
+CONFIG_KEYS = tuple(
+    "backbone weights weights_dir output_stride frozen_bn radius epochs batch_size lr new_layer_lr_mult "
+    "momentum weight_decay poly_power crop_size scale_range flip color_jitter num_workers seed amp "
+    "amp_dtype channels_last".split()
+)
 
 
 def _check_config(cfg: dict) -> None:
@@ -47,11 +47,15 @@ def _check_config(cfg: dict) -> None:
         raise ValueError(f"affinity config lacks key(s) {missing}")
     displacements(cfg["radius"])  # raises on a bad radius
     if cfg["epochs"] < 1 or cfg["batch_size"] < 1:
-        raise ValueError(f"config keys affinity.epochs and affinity.batch_size must be >= 1, got {cfg['epochs']}, "
-                         f"{cfg['batch_size']}")  # fmt: skip
+        raise ValueError(
+            f"config keys affinity.epochs and affinity.batch_size must be >= 1, got {cfg['epochs']}, "
+            f"{cfg['batch_size']}"
+        )
     if cfg["crop_size"] < 1 or cfg["crop_size"] % cfg["output_stride"]:
-        raise ValueError(f"config key affinity.crop_size: crop_size {cfg['crop_size']} must be a positive multiple "
-                         f"of output_stride {cfg['output_stride']}, so every cell of the grid lies inside the crop")  # fmt: skip
+        raise ValueError(
+            f"config key affinity.crop_size: crop_size {cfg['crop_size']} must be a positive multiple "
+            f"of output_stride {cfg['output_stride']}, so every cell of the grid lies inside the crop"
+        )
     if len(cfg["scale_range"]) != 2:
         raise ValueError(f"config key affinity.scale_range must be [min, max], got {cfg['scale_range']}")
 
@@ -74,8 +78,18 @@ class AffinityObjective(Objective):
         return affinity_loss(aff, grid_labels(labels, self.stride), self.ind_from, self.ind_to), {}
 
 
-def train_affinity(dataset_root, split: str, cfg: dict, *, label_dir, out_model, out_history_csv, checkpoint_dir,
-                   threads: int = 1, device: str = "auto") -> dict:  # fmt: skip
+def train_affinity(
+    dataset_root,
+    split: str,
+    cfg: dict,
+    *,
+    label_dir,
+    out_model,
+    out_history_csv,
+    checkpoint_dir,
+    threads: int = 1,
+    device: str = "auto",
+) -> dict:
     """Train on ``split`` with confident labels ``<label_dir>/<id>.png`` and the training keys of the
     ``affinity`` config section ``cfg`` (:data:`CONFIG_KEYS`); writes ``out_model`` and the history CSV.
 
@@ -93,18 +107,44 @@ def train_affinity(dataset_root, split: str, cfg: dict, *, label_dir, out_model,
     arch = {"backbone": cfg["backbone"], "output_stride": cfg["output_stride"]}
     model = build_affinitynet(arch, weights=cfg["weights"], weights_dir=cfg["weights_dir"], frozen_bn=cfg["frozen_bn"])
     bb = model.backbone
-    augment = JointAugment(cfg["crop_size"], tuple(cfg["scale_range"]), tuple(bb.mean), tuple(bb.std),
-                           flip=cfg["flip"], color_jitter=cfg["color_jitter"])  # fmt: skip
+    augment = JointAugment(
+        cfg["crop_size"],
+        tuple(cfg["scale_range"]),
+        tuple(bb.mean),
+        tuple(bb.std),
+        flip=cfg["flip"],
+        color_jitter=cfg["color_jitter"],
+    )
     data = LabelledPixels(ds, ids, augment, label_dir)
-    objective = AffinityObjective(data, stride=bb.stride, radius=cfg["radius"], crop_size=cfg["crop_size"],
-                                  device=engine.device)  # fmt: skip
+    objective = AffinityObjective(
+        data, stride=bb.stride, radius=cfg["radius"], crop_size=cfg["crop_size"], device=engine.device
+    )
 
     run = {"cfg": cfg, "split": split, "ids": ids, "classes": ds.classes, "labels_sha256": labels_hash}
-    meta = {"arch": arch, "classes": list(ds.classes), "mean": list(bb.mean), "std": list(bb.std),
-            "stride": bb.stride, "radius": cfg["radius"], "split": split, "labels": str(label_dir),
-            "labels_sha256": labels_hash, "config": cfg}  # fmt: skip
-    what = (f"AffinityNet ({cfg['backbone']}) on {len(data)} images of '{split}' (labels: {label_dir}), "
-            f"{len(objective.ind_from)} pairs per crop")  # fmt: skip
-    history = engine.fit(model, objective, run=run, meta=meta, out_model=out_model, out_history_csv=out_history_csv,
-                         checkpoint_dir=checkpoint_dir, what=what)  # fmt: skip
+    meta = {
+        "arch": arch,
+        "classes": list(ds.classes),
+        "mean": list(bb.mean),
+        "std": list(bb.std),
+        "stride": bb.stride,
+        "radius": cfg["radius"],
+        "split": split,
+        "labels": str(label_dir),
+        "labels_sha256": labels_hash,
+        "config": cfg,
+    }
+    what = (
+        f"AffinityNet ({cfg['backbone']}) on {len(data)} images of '{split}' (labels: {label_dir}), "
+        f"{len(objective.ind_from)} pairs per crop"
+    )
+    history = engine.fit(
+        model,
+        objective,
+        run=run,
+        meta=meta,
+        out_model=out_model,
+        out_history_csv=out_history_csv,
+        checkpoint_dir=checkpoint_dir,
+        what=what,
+    )
     return {"images": len(data), "epochs": cfg["epochs"], "final_loss": history[-1]["loss"]}

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 EPS = 1e-4  # keeps logit(d) finite for identical colours and for black vs white
 
 
-def importance_sampled_logits(cams: torch.Tensor, labels: torch.Tensor, samples: int,
-                              generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+def importance_sampled_logits(
+    cams: torch.Tensor, labels: torch.Tensor, samples: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """(B, K) scores: labelled classes the mean logit of ``samples`` pixels drawn (with replacement) with
     probability proportional to sigmoid(logit); other classes their GAP. Gradients flow through the drawn
     pixels' logits, not through the draw."""
@@ -61,8 +62,12 @@ def colour_weight(distance: torch.Tensor, mu: float) -> torch.Tensor:
 def window_offsets(sigma: float) -> list[tuple[int, int]]:
     """Offsets (dy, dx) of one half of the disc of radius ceil(2 sigma): each unordered pair once."""
     r = math.ceil(2 * sigma)
-    return [(dy, dx) for dy in range(0, r + 1) for dx in range(-r, r + 1)
-            if (dy > 0 or dx > 0) and dy * dy + dx * dx <= r * r]  # fmt: skip
+    return [
+        (dy, dx)
+        for dy in range(0, r + 1)
+        for dx in range(-r, r + 1)
+        if (dy > 0 or dx > 0) and dy * dy + dx * dx <= r * r
+    ]
 
 
 def _shifted(x: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,8 +78,9 @@ def _shifted(x: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, torch.Ten
     return a, b
 
 
-def feature_similarity_loss(cams: torch.Tensor, rgb: torch.Tensor, labels: torch.Tensor, sigma: float,
-                            mu: float) -> torch.Tensor:  # fmt: skip
+def feature_similarity_loss(
+    cams: torch.Tensor, rgb: torch.Tensor, labels: torch.Tensor, sigma: float, mu: float
+) -> torch.Tensor:
     """The feature-similarity loss of (B, K, h, w) class logits given the (B, 3, H, W) images in [0, 1]
     (averaged down to the maps' size) and (B, K) multi-hot labels; see the module docstring."""
     h, w = cams.shape[-2:]
@@ -106,6 +112,7 @@ class BinomialTerms:
     def __call__(self, model, images, labels, cams, progress: float) -> dict:
         rgb = images * self.std.to(images) + self.mean.to(images)  # undo the backbone's normalisation
         scores = importance_sampled_logits(cams, labels, self.samples)
-        return {"sampling": self.sampling_weight * F.multilabel_soft_margin_loss(scores, labels),
-                "similarity": self.similarity_weight * feature_similarity_loss(cams, rgb, labels, self.sigma,
-                                                                               self.mu)}  # fmt: skip
+        return {
+            "sampling": self.sampling_weight * F.multilabel_soft_margin_loss(scores, labels),
+            "similarity": self.similarity_weight * feature_similarity_loss(cams, rgb, labels, self.sigma, self.mu),
+        }

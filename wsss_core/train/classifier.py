@@ -72,8 +72,10 @@ def image_sources(dataset: VOCDataset, split: str, cfg: dict) -> list[ImageSourc
     for i, extra in enumerate(cfg["coattention"]["extra_sources"]):
         other = VOCDataset(extra["root"])
         if list(other.classes) != list(dataset.classes):
-            raise ValueError(f"config key classifier.coattention.extra_sources[{i}]: {other.root} has classes "
-                             f"{list(other.classes)}, the dataset {list(dataset.classes)}")  # fmt: skip
+            raise ValueError(
+                f"config key classifier.coattention.extra_sources[{i}]: {other.root} has classes "
+                f"{list(other.classes)}, the dataset {list(dataset.classes)}"
+            )
         sources.append(ImageSource(extra["domain"], other, other.ids(extra["split"])))
     return sources
 
@@ -104,9 +106,11 @@ def training_images(ds: VOCDataset, split: str, cfg: dict, erase_cams, mean) -> 
     earlier rounds' CAM stores ``erase_cams`` painted over in the backbone's mean colour."""
     erasing = "erasing" in cfg.get("addons", [])
     if bool(erase_cams) != erasing:
-        raise ValueError("adversarial erasing: the CAM stores of earlier rounds are needed exactly when "
-                         f"classifier add-ons include erasing (add-ons {cfg.get('addons', [])}, "
-                         f"{len(erase_cams or [])} store(s))")  # fmt: skip
+        raise ValueError(
+            "adversarial erasing: the CAM stores of earlier rounds are needed exactly when "
+            f"classifier add-ons include erasing (add-ons {cfg.get('addons', [])}, "
+            f"{len(erase_cams or [])} store(s))"
+        )
     if not erasing:
         return ds
     # the mean colour: zero after the backbone's normalisation, as the crop's padding
@@ -115,8 +119,18 @@ def training_images(ds: VOCDataset, split: str, cfg: dict, erase_cams, mean) -> 
     return erased
 
 
-def train_classifier(dataset_root, split: str, cfg: dict, *, out_model, out_history_csv, checkpoint_dir,
-                     erase_cams=(), threads: int = 1, device: str = "auto") -> dict:  # fmt: skip
+def train_classifier(
+    dataset_root,
+    split: str,
+    cfg: dict,
+    *,
+    out_model,
+    out_history_csv,
+    checkpoint_dir,
+    erase_cams=(),
+    threads: int = 1,
+    device: str = "auto",
+) -> dict:
     """Train on ``split`` of the dataset with the ``classifier`` config section ``cfg``.
 
     ``erase_cams``: CAM stores of the earlier adversarial-erasing rounds (only with the erasing add-on).
@@ -126,12 +140,19 @@ def train_classifier(dataset_root, split: str, cfg: dict, *, out_model, out_hist
     engine = Engine("classifier", cfg, threads=threads, device=device)
     ds = VOCDataset(dataset_root)
     arch = architecture(cfg)
-    model = build_classifier(arch, ds.num_classes - 1, weights=cfg["weights"], weights_dir=cfg["weights_dir"],
-                             frozen_bn=cfg["frozen_bn"])  # fmt: skip
+    model = build_classifier(
+        arch, ds.num_classes - 1, weights=cfg["weights"], weights_dir=cfg["weights_dir"], frozen_bn=cfg["frozen_bn"]
+    )
     bb = model.backbone
     ds = training_images(ds, split, cfg, list(erase_cams), bb.mean)
-    augment = Augment(cfg["crop_size"], tuple(cfg["resize_long"]), tuple(bb.mean), tuple(bb.std),
-                      flip=cfg["flip"], color_jitter=cfg["color_jitter"])  # fmt: skip
+    augment = Augment(
+        cfg["crop_size"],
+        tuple(cfg["resize_long"]),
+        tuple(bb.mean),
+        tuple(bb.std),
+        flip=cfg["flip"],
+        color_jitter=cfg["color_jitter"],
+    )
     addons = loss_addons(cfg, bb.stride, bb.mean, bb.std)
     if cfg["method"] == "cam":
         sources = [ImageSource(TARGET, ds, ds.ids(split))]
@@ -141,15 +162,37 @@ def train_classifier(dataset_root, split: str, cfg: dict, *, out_model, out_hist
         objective = CoAttentionObjective(sources, augment, cfg, addons)
 
     erased = ds.fingerprints() if isinstance(ds, ErasedDataset) else []
-    run = {"cfg": cfg, "split": split, "ids": {s.domain: s.ids for s in sources}, "classes": ds.classes,
-           **({"erased": erased} if erased else {})}  # fmt: skip
-    meta = {"arch": arch, "classes": list(ds.classes), "stride": bb.stride,
-            "mean": list(bb.mean), "std": list(bb.std), "split": split, "config": cfg}  # fmt: skip
-    what = (f"{'+'.join([cfg['method'], *cfg.get('addons', [])])} ({cfg['backbone']}, BatchNorm "
-            f"{'frozen' if cfg['frozen_bn'] else 'trained'}, lr {cfg['lr']:g}) on {len(objective)} "
-            f"{'images' if cfg['method'] == 'cam' else 'pairs'} of '{split}'")  # fmt: skip
+    run = {
+        "cfg": cfg,
+        "split": split,
+        "ids": {s.domain: s.ids for s in sources},
+        "classes": ds.classes,
+        **({"erased": erased} if erased else {}),
+    }
+    meta = {
+        "arch": arch,
+        "classes": list(ds.classes),
+        "stride": bb.stride,
+        "mean": list(bb.mean),
+        "std": list(bb.std),
+        "split": split,
+        "config": cfg,
+    }
+    what = (
+        f"{'+'.join([cfg['method'], *cfg.get('addons', [])])} ({cfg['backbone']}, BatchNorm "
+        f"{'frozen' if cfg['frozen_bn'] else 'trained'}, lr {cfg['lr']:g}) on {len(objective)} "
+        f"{'images' if cfg['method'] == 'cam' else 'pairs'} of '{split}'"
+    )
     # co-attention calls several sub-networks; its contrastive heads idle in the first epochs
-    history = engine.fit(model, objective, run=run, meta=meta, out_model=out_model, out_history_csv=out_history_csv,
-                         checkpoint_dir=checkpoint_dir, what=what,
-                         find_unused_parameters=cfg["method"] == "coattention")  # fmt: skip
+    history = engine.fit(
+        model,
+        objective,
+        run=run,
+        meta=meta,
+        out_model=out_model,
+        out_history_csv=out_history_csv,
+        checkpoint_dir=checkpoint_dir,
+        what=what,
+        find_unused_parameters=cfg["method"] == "coattention",
+    )
     return {"images": len(objective), "epochs": cfg["epochs"], "final_loss": history[-1]["loss"]}

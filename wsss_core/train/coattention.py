@@ -41,8 +41,9 @@ class ImageSource:
 class ImagePairs(Dataset):
     """(image m, image n, labels m, labels n, index of (m, n)'s domain pair, index of (m, m)'s) per pair."""
 
-    def __init__(self, sources: list[ImageSource], labels: torch.Tensor, pairs, augment: Augment,
-                 pair_names: list[str]):  # fmt: skip
+    def __init__(
+        self, sources: list[ImageSource], labels: torch.Tensor, pairs, augment: Augment, pair_names: list[str]
+    ):
         self.items = [(s.dataset, image_id, s.domain) for s in sources for image_id in s.ids]
         self.labels, self.pairs, self.augment, self.pair_names = labels, pairs, augment, pair_names
 
@@ -113,12 +114,15 @@ class CoAttentionObjective(Objective):
         f_m, f_n = feats[0], feats[1]
         view_feats = list(feats[2:]) + [model.features(v) for v in views if v.shape != x_m.shape]
 
-        terms = pair_loss(grouped_pair_logits(model, f_m, f_n, keys), l_m, l_n,
-                          contrastive=epoch >= self.contrastive_from)  # fmt: skip
+        terms = pair_loss(
+            grouped_pair_logits(model, f_m, f_n, keys), l_m, l_n, contrastive=epoch >= self.contrastive_from
+        )
         terms["self"] = f_m.new_zeros(())
         for f_v in view_feats:
-            terms["self"] = terms["self"] + pair_loss(grouped_pair_logits(model, f_m, f_v, self_keys), l_m, l_m,
-                                                      contrastive=False)["total"]  # fmt: skip
+            terms["self"] = (
+                terms["self"]
+                + pair_loss(grouped_pair_logits(model, f_m, f_v, self_keys), l_m, l_m, contrastive=False)["total"]
+            )
         terms["total"] = terms["total"] + terms["self"]
         if self.addons:
             terms = add_terms(terms, self.addons, model, x_m, l_m, model.classifier(f_m), progress)

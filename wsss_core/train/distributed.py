@@ -57,8 +57,10 @@ class Context:
     def per_process_batch(self, batch_size: int, key: str) -> int:
         """This process's share of the global ``batch_size`` (config key ``key``)."""
         if batch_size % self.world:
-            raise ValueError(f"config key {key}: the global batch {batch_size} does not split evenly over "
-                             f"{self.world} processes (GPUs); use a multiple of {self.world}")  # fmt: skip
+            raise ValueError(
+                f"config key {key}: the global batch {batch_size} does not split evenly over "
+                f"{self.world} processes (GPUs); use a multiple of {self.world}"
+            )
         return batch_size // self.world
 
     def loader(self, data, batch_size: int, *, shuffle: bool, seed: int, epoch: int, num_workers: int) -> DataLoader:
@@ -66,8 +68,14 @@ class Context:
         order and the workers' augmentation seeds independent of resumes."""
         generator = epoch_generator(seed, epoch)
         batches = GlobalBatches(len(data), batch_size, self.rank, self.world, shuffle=shuffle, generator=generator)
-        return DataLoader(data, batch_sampler=batches, num_workers=num_workers, pin_memory=self.device.type == "cuda",
-                          generator=generator, worker_init_fn=self.worker_init if self.world > 1 else None)  # fmt: skip
+        return DataLoader(
+            data,
+            batch_sampler=batches,
+            num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=generator,
+            worker_init_fn=self.worker_init if self.world > 1 else None,
+        )
 
     def wrap(self, module: nn.Module, *, find_unused_parameters: bool = False) -> nn.Module:
         """``module`` itself in one process; else DDP around it (SyncBatchNorm on CUDA)."""
@@ -181,18 +189,33 @@ def launch(target, nprocs: int, *args, **kwargs):
     """
     with tempfile.TemporaryDirectory(prefix="wsss-ddp-") as tmp:
         call, result = Path(tmp) / "call.json", Path(tmp) / "result.json"
-        spec = {"target": f"{target.__module__}:{target.__qualname__}", "args": args, "kwargs": kwargs,
-                "result": str(result)}  # fmt: skip
+        spec = {
+            "target": f"{target.__module__}:{target.__qualname__}",
+            "args": args,
+            "kwargs": kwargs,
+            "result": str(result),
+        }
         call.write_text(json.dumps(spec, default=str))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-               f"--nproc-per-node={nprocs}", "-m", __name__, str(call)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nnodes=1",
+            f"--nproc-per-node={nprocs}",
+            "-m",
+            __name__,
+            str(call),
+        ]
         log.info("data-parallel training in %d processes: %s", nprocs, " ".join(cmd))
         sys.stdout.flush()
         sys.stderr.flush()
         proc = subprocess.run(cmd, stdout=_fd(sys.stdout), stderr=_fd(sys.stderr), env=_child_env())
         if proc.returncode != 0:
-            raise RuntimeError(f"data-parallel training ({target.__qualname__}, {nprocs} processes) failed with "
-                               f"exit code {proc.returncode}; the ranks' tracebacks are in the log above")  # fmt: skip
+            raise RuntimeError(
+                f"data-parallel training ({target.__qualname__}, {nprocs} processes) failed with "
+                f"exit code {proc.returncode}; the ranks' tracebacks are in the log above"
+            )
         return json.loads(result.read_text())
 
 

@@ -31,8 +31,16 @@ from tqdm import tqdm
 
 from wsss_core.train.checkpoint import fingerprint, resume, save_epoch, save_final, seed_everything
 from wsss_core.train.distributed import LossModule, setup
-from wsss_core.train.loop import (StateBundle, autocast, grad_scaler, make_optimizer, memory_format,
-                                  optimizer_step, schedule_lambda, step_lambda)  # fmt: skip
+from wsss_core.train.loop import (
+    StateBundle,
+    autocast,
+    grad_scaler,
+    make_optimizer,
+    memory_format,
+    optimizer_step,
+    schedule_lambda,
+    step_lambda,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +85,12 @@ def lr_factor(cfg: dict, steps_per_epoch: int, total_steps: int):
     """
     if cfg.get("lr_policy") == "step":
         return step_lambda(steps_per_epoch, cfg["lr_decay_epochs"], cfg["lr_decay_factor"])
-    return schedule_lambda(cfg.get("lr_schedule", "poly"), total_steps, warmup_steps=cfg.get("warmup_steps", 0),
-                           poly_power=cfg["poly_power"])  # fmt: skip
+    return schedule_lambda(
+        cfg.get("lr_schedule", "poly"),
+        total_steps,
+        warmup_steps=cfg.get("warmup_steps", 0),
+        poly_power=cfg["poly_power"],
+    )
 
 
 class Engine:
@@ -91,8 +103,19 @@ class Engine:
         torch.set_num_threads(max(1, threads // self.ctx.world))
         seed_everything(cfg["seed"])
 
-    def fit(self, model: nn.Module, objective: Objective, *, run: dict, meta: dict, out_model, out_history_csv,
-            checkpoint_dir, what: str, find_unused_parameters: bool = False) -> list[dict]:  # fmt: skip
+    def fit(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        *,
+        run: dict,
+        meta: dict,
+        out_model,
+        out_history_csv,
+        checkpoint_dir,
+        what: str,
+        find_unused_parameters: bool = False,
+    ) -> list[dict]:
         """Train ``model`` on ``objective`` for ``cfg["epochs"]`` epochs; returns the history (one dict per epoch).
 
         ``run``: what defines the run besides the model (config, split, ids, label digests): a checkpoint
@@ -108,9 +131,15 @@ class Engine:
         total_steps = steps_per_epoch * cfg["epochs"]
 
         pretrained, new = model.param_groups()
-        optimizer = make_optimizer(cfg.get("optimizer", "sgd"), pretrained, new, lr=cfg["lr"],
-                                   new_layer_lr_mult=cfg["new_layer_lr_mult"], momentum=cfg["momentum"],
-                                   weight_decay=cfg["weight_decay"])  # fmt: skip
+        optimizer = make_optimizer(
+            cfg.get("optimizer", "sgd"),
+            pretrained,
+            new,
+            lr=cfg["lr"],
+            new_layer_lr_mult=cfg["new_layer_lr_mult"],
+            momentum=cfg["momentum"],
+            weight_decay=cfg["weight_decay"],
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch, total_steps))
         scaler = grad_scaler(device, cfg["amp"], cfg["amp_dtype"])
         schedule = StateBundle(scheduler=scheduler, scaler=scaler)
@@ -122,17 +151,31 @@ class Engine:
         if start_epoch:
             log.info("resumed from %s after epoch %d", checkpoint, start_epoch)
         ctx.decorrelate(cfg["seed"], start_epoch)
-        log.info("training %s, %d epochs x %d steps, device %s, %d process(es)", what, cfg["epochs"],
-                 steps_per_epoch, device, ctx.world)  # fmt: skip
+        log.info(
+            "training %s, %d epochs x %d steps, device %s, %d process(es)",
+            what,
+            cfg["epochs"],
+            steps_per_epoch,
+            device,
+            ctx.world,
+        )
 
         for epoch in range(start_epoch, cfg["epochs"]):
             data, shuffle = objective.epoch_data(epoch)
-            loader = ctx.loader(data, batch_size, shuffle=shuffle, seed=cfg["seed"], epoch=epoch,
-                                num_workers=cfg["num_workers"])  # fmt: skip
+            loader = ctx.loader(
+                data, batch_size, shuffle=shuffle, seed=cfg["seed"], epoch=epoch, num_workers=cfg["num_workers"]
+            )
             model.train()
             start, sums, counts, seen = time.perf_counter(), {}, {}, 0
-            for i, batch in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", mininterval=10,
-                                           ascii=True, disable=not ctx.is_main)):  # fmt: skip
+            for i, batch in enumerate(
+                tqdm(
+                    loader,
+                    desc=f"epoch {epoch + 1}/{cfg['epochs']}",
+                    mininterval=10,
+                    ascii=True,
+                    disable=not ctx.is_main,
+                )
+            ):
                 progress = (epoch * steps_per_epoch + i) / total_steps
                 with autocast(device, cfg["amp"], cfg["amp_dtype"]):
                     out = forward(batch, epoch, progress, device)
@@ -144,21 +187,35 @@ class Engine:
                     counts[name] = counts.get(name, 0) + value
                 seen += len(batch[0])
             history.append(self._record(epoch, sums, counts, seen, objective, optimizer, start))
-            save_epoch(ctx, checkpoint, model=model, optimizer=optimizer, scheduler=schedule, epoch=epoch + 1,
-                       settings_hash=settings_hash, history=history)  # fmt: skip
+            save_epoch(
+                ctx,
+                checkpoint,
+                model=model,
+                optimizer=optimizer,
+                scheduler=schedule,
+                epoch=epoch + 1,
+                settings_hash=settings_hash,
+                history=history,
+            )
 
         save_final(ctx, out_model, model, meta, out_history_csv, history, checkpoint)
         return history
 
-    def _record(self, epoch: int, sums: dict, counts: dict, seen: int, objective: Objective, optimizer,
-                start: float) -> dict:  # fmt: skip
+    def _record(
+        self, epoch: int, sums: dict, counts: dict, seen: int, objective: Objective, optimizer, start: float
+    ) -> dict:
         """The epoch's history row: mean loss terms per sample over all processes, metrics, lr, seconds."""
         totals = self.ctx.sum({**sums, **{f"count_{k}": v for k, v in counts.items()}, "": seen})
         seen = totals.pop("")
         counts = {k: totals.pop(f"count_{k}") for k in counts}
         means = {name: round(value / max(seen, 1), 6) for name, value in totals.items()}
-        record = {"epoch": epoch + 1, "loss": means.pop("total", float("nan")),
-                  **{f"loss_{k}": v for k, v in means.items()}, **objective.metrics(counts),
-                  "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+        record = {
+            "epoch": epoch + 1,
+            "loss": means.pop("total", float("nan")),
+            **{f"loss_{k}": v for k, v in means.items()},
+            **objective.metrics(counts),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - start, 2),
+        }
         log.info("epoch %d: loss %.4f, %.1f s", record["epoch"], record["loss"], record["seconds"])
         return record

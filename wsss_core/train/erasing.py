@@ -57,8 +57,10 @@ class ErasedDataset(VOCDataset):
         image = super().load_image(image_id)
         mask = self.erased(image_id)
         if mask.shape != image.shape[:2]:
-            raise CAMStoreError(f"{self.cam_stores}: CAMs of '{image_id}' are {mask.shape[0]}x{mask.shape[1]}, "
-                                f"the image {image.shape[0]}x{image.shape[1]} (stores of another dataset?)")  # fmt: skip
+            raise CAMStoreError(
+                f"{self.cam_stores}: CAMs of '{image_id}' are {mask.shape[0]}x{mask.shape[1]}, "
+                f"the image {image.shape[0]}x{image.shape[1]} (stores of another dataset?)"
+            )
         image[mask] = self.fill
         return image
 

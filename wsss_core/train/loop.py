@@ -57,8 +57,16 @@ def schedule_lambda(schedule: str, total_steps: int, *, warmup_steps: int = 0, p
     return factor
 
 
-def make_optimizer(name: str, pretrained: list[nn.Parameter], new: list[nn.Parameter], *, lr: float,
-                   new_layer_lr_mult: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:  # fmt: skip
+def make_optimizer(
+    name: str,
+    pretrained: list[nn.Parameter],
+    new: list[nn.Parameter],
+    *,
+    lr: float,
+    new_layer_lr_mult: float,
+    momentum: float,
+    weight_decay: float,
+) -> torch.optim.Optimizer:
     """``name`` (sgd | adamw) over two groups: pretrained layers at ``lr``, new ones at ``new_layer_lr_mult`` x.
 
     sgd: momentum ``momentum`` and L2 ``weight_decay`` (the papers' recipe); adamw: Adam with decoupled
@@ -104,8 +112,9 @@ def memory_format(device: torch.device, channels_last: bool) -> torch.memory_for
     return torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
 
 
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   scheduler=None) -> None:  # fmt: skip
+def optimizer_step(
+    loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, scheduler=None
+) -> None:
     """Backward ``loss`` and take one (scaled) optimizer step, then one scheduler step."""
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()

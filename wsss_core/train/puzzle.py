@@ -56,14 +56,18 @@ class PuzzleTerms:
     def __init__(self, cfg: dict, stride: int, crop_size: int):
         self.n, self.alpha_max, self.ramp = cfg["tiles"], cfg["alpha"], cfg["ramp"]
         if crop_size % (self.n * stride):
-            raise ValueError(f"config key classifier.crop_size: {crop_size} must be a multiple of "
-                             f"classifier.puzzle.tiles x the backbone stride ({self.n} x {stride}) so that "
-                             "the tiles' feature maps fit together")  # fmt: skip
+            raise ValueError(
+                f"config key classifier.crop_size: {crop_size} must be a multiple of "
+                f"classifier.puzzle.tiles x the backbone stride ({self.n} x {stride}) so that "
+                "the tiles' feature maps fit together"
+            )
 
     def __call__(self, model, images, labels, cams, progress: float) -> dict:
         merged = merge(model.cams(tile(images, self.n)), self.n)
         if merged.shape != cams.shape:  # an input size that is not a multiple of n x stride
             raise ValueError(f"merged tile CAMs {tuple(merged.shape)} do not match the image's {tuple(cams.shape)}")
         alpha = alpha_at(progress, self.alpha_max, self.ramp)
-        return {"puzzle_cls": F.multilabel_soft_margin_loss(merged.mean(dim=(2, 3)), labels),
-                "puzzle_reconstruction": alpha * reconstruction_loss(cams, merged, labels)}  # fmt: skip
+        return {
+            "puzzle_cls": F.multilabel_soft_margin_loss(merged.mean(dim=(2, 3)), labels),
+            "puzzle_reconstruction": alpha * reconstruction_loss(cams, merged, labels),
+        }

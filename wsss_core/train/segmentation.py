@@ -28,12 +28,11 @@ from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset
 from wsss_core.models.deeplab import SEG_ARCH_KEYS, build_segmenter
 from wsss_core.train.engine import Engine, Objective
 
-CONFIG_KEYS = (
-    "model", "backbone", "weights", "weights_dir", "output_stride", "aspp_channels", "frozen_bn", "epochs",
-    "batch_size", "optimizer", "lr", "new_layer_lr_mult", "momentum", "weight_decay", "lr_schedule", "poly_power",
-    "warmup_steps", "input_scale", "crop_size", "scale_range",
-    "flip", "color_jitter", "num_workers", "seed", "amp", "amp_dtype", "channels_last",
-)  # fmt: skip
+CONFIG_KEYS = tuple(
+    "model backbone weights weights_dir output_stride aspp_channels frozen_bn epochs batch_size optimizer "
+    "lr new_layer_lr_mult momentum weight_decay lr_schedule poly_power warmup_steps input_scale crop_size "
+    "scale_range flip color_jitter num_workers seed amp amp_dtype channels_last".split()
+)
 
 
 class LabelledPixels(Dataset):
@@ -58,8 +57,10 @@ class LabelledPixels(Dataset):
             values = np.unique(label)
             bad = values[values != IGNORE_INDEX].max(initial=0) >= self.dataset.num_classes
         if bad:
-            raise ValueError(f"{self.label_path(image_id)}: expected a 2-D uint8 label map with values "
-                             f"0..{self.dataset.num_classes - 1} or {IGNORE_INDEX}")  # fmt: skip
+            raise ValueError(
+                f"{self.label_path(image_id)}: expected a 2-D uint8 label map with values "
+                f"0..{self.dataset.num_classes - 1} or {IGNORE_INDEX}"
+            )
         return label
 
     def __len__(self) -> int:
@@ -69,8 +70,10 @@ class LabelledPixels(Dataset):
         image_id = self.ids[index]
         image, label = self.dataset.load_image(image_id), self.load_label(image_id)
         if image.shape[:2] != label.shape:
-            raise ValueError(f"{self.label_path(image_id)}: label size {label.shape[1]}x{label.shape[0]} != "
-                             f"image size {image.shape[1]}x{image.shape[0]}")  # fmt: skip
+            raise ValueError(
+                f"{self.label_path(image_id)}: label size {label.shape[1]}x{label.shape[0]} != "
+                f"image size {image.shape[1]}x{image.shape[0]}"
+            )
         return self.augment(image, label)
 
 
@@ -83,14 +86,16 @@ def label_fingerprint(label_dir: Path, ids: list[str]) -> str:
     for image_id in ids:
         path = label_dir / f"{image_id}.png"
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: label map missing (label_dir {label_dir} must hold <id>.png for "
-                                    f"every image of the split)")  # fmt: skip
+            raise FileNotFoundError(
+                f"{path}: label map missing (label_dir {label_dir} must hold <id>.png for " f"every image of the split)"
+            )
         digest.update(image_id.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, mean_over: float | None = None
-                      ) -> tuple[torch.Tensor, int, int]:  # fmt: skip
+def segmentation_loss(
+    logits: torch.Tensor, labels: torch.Tensor, mean_over: float | None = None
+) -> tuple[torch.Tensor, int, int]:
     """(mean cross-entropy over non-void pixels, 0 if there are none; correct pixels; non-void pixels).
 
     ``mean_over``: the pixel count the summed loss is divided by, default this batch's non-void
@@ -141,8 +146,18 @@ class SegmentationObjective(Objective):
         return {"pixel_acc": round(counts["correct"] / valid, 6) if valid else float("nan")}
 
 
-def train_segmentation(dataset_root, split: str, cfg: dict, *, label_dir=None, out_model, out_history_csv,
-                       checkpoint_dir, threads: int = 1, device: str = "auto") -> dict:  # fmt: skip
+def train_segmentation(
+    dataset_root,
+    split: str,
+    cfg: dict,
+    *,
+    label_dir=None,
+    out_model,
+    out_history_csv,
+    checkpoint_dir,
+    threads: int = 1,
+    device: str = "auto",
+) -> dict:
     """Train on ``split`` with labels from ``label_dir`` (None: the masks) and the config section ``cfg``."""
     _check_config(cfg)
     ds = VOCDataset(dataset_root)
@@ -159,23 +174,58 @@ def train_segmentation(dataset_root, split: str, cfg: dict, *, label_dir=None, o
     engine = Engine("segmentation", cfg, threads=threads, device=device)
 
     arch = {k: cfg[k] for k in SEG_ARCH_KEYS}
-    model = build_segmenter(arch, ds.num_classes, weights=cfg["weights"], weights_dir=cfg["weights_dir"],
-                            frozen_bn=cfg["frozen_bn"])  # fmt: skip
+    model = build_segmenter(
+        arch, ds.num_classes, weights=cfg["weights"], weights_dir=cfg["weights_dir"], frozen_bn=cfg["frozen_bn"]
+    )
     scale_range = tuple(s * cfg["input_scale"] for s in cfg["scale_range"])
-    augment = JointAugment(cfg["crop_size"], scale_range, tuple(model.mean), tuple(model.std),
-                           flip=cfg["flip"], color_jitter=cfg["color_jitter"])  # fmt: skip
+    augment = JointAugment(
+        cfg["crop_size"],
+        scale_range,
+        tuple(model.mean),
+        tuple(model.std),
+        flip=cfg["flip"],
+        color_jitter=cfg["color_jitter"],
+    )
     data = LabelledPixels(ds, ids, augment, label_dir)
     if cfg["model"] == "deeplab_v3plus" and min(cfg["batch_size"], len(data)) < 2:
-        raise ValueError(f"config key segmentation.batch_size: deeplab_v3plus trains BatchNorm in its image-pooling "
-                         f"branch and needs >= 2 images per batch, got {min(cfg['batch_size'], len(data))} "
-                         f"({len(data)} images)")  # fmt: skip
+        raise ValueError(
+            f"config key segmentation.batch_size: deeplab_v3plus trains BatchNorm in its image-pooling "
+            f"branch and needs >= 2 images per batch, got {min(cfg['batch_size'], len(data))} "
+            f"({len(data)} images)"
+        )
 
-    run = {"cfg": cfg, "split": split, "ids": ids, "classes": ds.classes, "labels": labels_source,
-           "labels_sha256": labels_hash}  # fmt: skip
-    meta = {"arch": arch, "classes": list(ds.classes), "mean": list(model.mean), "std": list(model.std),
-            "stride": model.stride, "split": split, "labels": labels_source, "config": cfg}  # fmt: skip
+    run = {
+        "cfg": cfg,
+        "split": split,
+        "ids": ids,
+        "classes": ds.classes,
+        "labels": labels_source,
+        "labels_sha256": labels_hash,
+    }
+    meta = {
+        "arch": arch,
+        "classes": list(ds.classes),
+        "mean": list(model.mean),
+        "std": list(model.std),
+        "stride": model.stride,
+        "split": split,
+        "labels": labels_source,
+        "config": cfg,
+    }
     what = f"{cfg['model']}/{cfg['backbone']} on {len(data)} images of '{split}' (labels: {labels_source})"
-    history = engine.fit(model, SegmentationObjective(data, engine.ctx), run=run, meta=meta, out_model=out_model,
-                         out_history_csv=out_history_csv, checkpoint_dir=checkpoint_dir, what=what)  # fmt: skip
-    return {"images": len(data), "epochs": cfg["epochs"], "final_loss": history[-1]["loss"],
-            "final_pixel_acc": history[-1]["pixel_acc"]}  # fmt: skip
+    history = engine.fit(
+        model,
+        SegmentationObjective(data, engine.ctx),
+        run=run,
+        meta=meta,
+        out_model=out_model,
+        out_history_csv=out_history_csv,
+        checkpoint_dir=checkpoint_dir,
+        what=what,
+    )
+    return {
+        "images": len(data),
+        "epochs": cfg["epochs"],
+        "final_loss": history[-1]["loss"],
+        "final_pixel_acc": history[-1]["pixel_acc"],
+    }
