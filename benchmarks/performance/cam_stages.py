@@ -5,7 +5,7 @@
 Runs the same wsss_core functions the rules call (train_classifier -> infer_cams ->
 evaluate_cams) with config.yaml deep-merged with the given files, and prints the device,
 each stage's wall time and the CAM mIoU at the best threshold. Use it to check the GPU path
-and to compare machines; the workflow itself is what produces the README's figures.
+and to compare machines; the workflow itself is what produces the figures in docs/results.md.
 """
 
 from __future__ import annotations

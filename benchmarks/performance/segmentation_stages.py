@@ -7,7 +7,7 @@ Runs the functions the rules call - train_segmentation -> predict_split -> evalu
 once on the pseudo labels and once on the GT masks (the fully-supervised reference), with
 config.yaml deep-merged with the given files, and prints each stage's wall time, both mIoUs
 and their ratio. Use it to compare machines or to rerun the last stages on another device;
-the workflow itself is what the README's demo figures come from.
+the workflow itself is what the demo figures in docs/results.md come from.
 """
 
 from __future__ import annotations
