@@ -12,6 +12,8 @@ rule train_classifier:
         root=dataset_root(),
         dataset=dataset_parts("train_labels", "train_images"),
         extra=lambda wildcards: PLAN.extra_image_roots(wildcards.method),
+        # classifier.coattention.warm_start: the plain baseline's weights to start from
+        init=lambda wildcards: [CLS_DIR / c / "model.pt" for c in PLAN.warm_start(wildcards.method)],
         code=lambda wildcards: classifier_code(wildcards.method),
     output:
         model=CLS_DIR / "{method}" / "model.pt",
@@ -56,6 +58,7 @@ rule train_erasing_round:
         extra=lambda wildcards: PLAN.extra_image_roots(wildcards.variant),
         # the earlier rounds' CAM stores: the regions to erase
         erase=lambda wildcards: round_stores(wildcards.variant, int(wildcards.round) - 1),
+        init=lambda wildcards: [CLS_DIR / c / "model.pt" for c in PLAN.warm_start(wildcards.variant)],
         code=lambda wildcards: classifier_code(wildcards.variant),
     output:
         model=CLS_DIR / "{variant}_round{round}" / "model.pt",

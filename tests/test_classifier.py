@@ -20,7 +20,8 @@ from wsss_core.train.loop import poly_lambda, step_lambda
 def tiny_cfg(**changes):
     """The classifier section of config.yaml merged with config/tiny.yaml, random init for speed."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())["classifier"]
-    cfg.update(yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())["classifier"])
+    for key, value in yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())["classifier"].items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
     cfg.update({"weights": "random", "method": "cam", **changes})  # tiny.yaml picks coattention for the DAG
     return cfg
 

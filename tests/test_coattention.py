@@ -16,10 +16,12 @@ from wsss_core.data.pairs import PairSampler
 from wsss_core.data.voc_layout import VOCDataset
 from wsss_core.models import classifier as classifier_module
 from wsss_core.models.backbones import Backbone
+from wsss_core.models.cam_head import CAMNet
 from wsss_core.models.classifier import build_classifier, load_classifier
 from wsss_core.models.coattention import CoAttentionNet, common_labels, domain_pair, exclusive_labels, pair_loss
 from wsss_core.train.checkpoint import seed_everything
-from wsss_core.train.classifier import train_classifier
+from wsss_core.train.classifier import train_classifier, warm_start
+from wsss_core.train.loop import make_optimizer
 from wsss_core.train.coattention import grouped_pair_logits
 
 
@@ -247,6 +249,7 @@ def test_cached_multiround_cams_equal_a_naive_pair_by_pair_computation(tiny_demo
 def coattention_cfg(**changes):
     cfg = tiny_cfg(method="coattention", epochs=2, batch_size=4)
     cfg["coattention"] = {
+        **cfg["coattention"],
         "self_pair_flip": True,
         "self_pair_scales": [0.75],
         "contrastive_from_epoch": 1,
@@ -301,3 +304,70 @@ def test_an_extra_image_source_is_its_own_domain(tiny_demo, tmp_path):
     cfg["coattention"]["extra_sources"] = [{"domain": "web", "root": str(bad), "split": "train"}]
     with pytest.raises(ValueError, match=r"classifier.coattention.extra_sources\[0\]"):
         train_classifier(tiny_demo, "train", cfg, **out)
+
+
+def test_head_convs_sit_between_backbone_and_every_head_and_learn_as_new_layers():
+    torch.manual_seed(0)
+    model = CoAttentionNet(ConvBackbone(), 5, head_convs=2, head_channels=12)
+    x = torch.randn(2, 3, 32, 32)
+    feats = model.features(x)
+    assert feats.shape == (2, 12, 8, 8) and (feats >= 0).all()  # ReLU'd head output
+    assert model.classifier.in_channels == model.co_classifier.in_channels == model.gate.in_channels == 12
+    pretrained, new = model.param_groups()
+    head = {id(p) for p in model.head.parameters()}
+    assert len(head) == 4 and head <= {id(p) for p in new} and not head & {id(p) for p in pretrained}
+    # the plain CAMs read the head's features: cams() and forward() agree on it
+    assert torch.allclose(model.cams(x).mean(dim=(2, 3)), model(x), atol=1e-5)
+    plain = CoAttentionNet(ConvBackbone(), 5, head_convs=0)
+    assert isinstance(plain.head, nn.Identity) and plain.classifier.in_channels == 16
+
+
+def test_saved_head_settings_rebuild_the_same_network(tmp_path, monkeypatch):
+    monkeypatch.setattr(classifier_module, "build_backbone", lambda *a, **k: ConvBackbone())
+    arch = {"method": "coattention", "backbone": "x", "output_stride": 4, "head_convs": 1, "head_channels": 8}
+    model = classifier_module.build_classifier(arch, 5)
+    meta = {"arch": arch, "classes": ["background", *"abcde"]}
+    torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp_path / "m.pt")
+    loaded, _ = load_classifier(tmp_path / "m.pt")
+    assert loaded.head[0].out_channels == 8
+    # classifiers saved before the head existed have no head keys: they load as head-less networks
+    old = classifier_module.build_classifier({k: v for k, v in arch.items() if not k.startswith("head")}, 5)
+    assert isinstance(old.head, nn.Identity)
+
+
+def test_bias_groups_get_their_multiple_of_their_layers_rate():
+    model = CoAttentionNet(ConvBackbone(), 5, head_convs=1, head_channels=8)
+    pretrained, new = model.param_groups()
+    biases = frozenset(id(p) for n, p in model.named_parameters() if n.endswith(".bias"))
+    opt = make_optimizer(
+        "sgd", pretrained, new, lr=0.01, new_layer_lr_mult=10, momentum=0.9, weight_decay=5e-4,
+        bias_lr_mult=2, biases=biases, nesterov=True,
+    )  # fmt: skip
+    rates = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    new_ids = {id(q) for q in new}
+    for name, p in model.named_parameters():
+        layer = 0.1 if id(p) in new_ids else 0.01
+        assert rates[id(p)] == pytest.approx(layer * (2 if name.endswith(".bias") else 1)), name
+    assert all(g["nesterov"] for g in opt.param_groups) and len(opt.param_groups) == 4
+    assert len(rates) == len(pretrained) + len(new)
+
+
+def test_warm_start_copies_the_baselines_backbone_and_rejects_other_networks(tmp_path):
+    torch.manual_seed(0)
+    base = CAMNet(ConvBackbone(), 5)
+    path = tmp_path / "cam.pt"
+    meta = {"arch": {"method": "cam", "backbone": "conv", "output_stride": 4}, "classes": ["background", *"abcde"]}
+    torch.save({"state_dict": base.state_dict(), "meta": meta}, path)
+    for convs in (0, 2):
+        torch.manual_seed(1)
+        co = CoAttentionNet(ConvBackbone(), 5, head_convs=convs, head_channels=8)
+        warm_start(co, path)
+        for key, value in base.backbone.state_dict().items():
+            assert torch.equal(co.backbone.state_dict()[key], value), key
+        # the class conv comes along only where it reads the same features
+        assert torch.equal(co.classifier.weight, base.classifier.weight) == (convs == 0)
+    with pytest.raises(ValueError, match=r"warm_start: .*cam.pt \(conv, output stride 4\) does not fit"):
+        warm_start(CoAttentionNet(ConvBackbone(channels=8), 5), path)
+    torch.save({"state_dict": base.state_dict(), "meta": {**meta, "arch": {**meta["arch"], "method": "x"}}}, path)
+    with pytest.raises(ValueError, match="warm_start: .* is a 'x' classifier"):
+        warm_start(CoAttentionNet(ConvBackbone(), 5), path)

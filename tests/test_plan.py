@@ -130,3 +130,24 @@ def test_schema_pass_fills_defaults_and_names_every_bad_key():
     apply_schema(again, SCHEMA)
     assert 999 not in again["classifier"]["resize_long"]
     assert apply_schema({"no_such_section": {}}, SCHEMA)[0].startswith("config key (top level):")
+
+
+def test_a_warm_started_coattention_classifier_gets_the_baseline_trained_first():
+    cold = Plan(validated({"classifier": {"method": "coattention", "compare": []}}))
+    assert cold.trained == ["coattention"] and cold.warm_start("coattention") == []
+    plan = Plan(
+        validated(
+            {
+                "classifier": {
+                    "method": "coattention+erasing",
+                    "compare": [],
+                    "coattention": {"warm_start": True},
+                }
+            }
+        )
+    )
+    # the baseline is trained (its weights are an input) though no config names it for its CAMs
+    assert plan.trained == ["cam", "coattention"] and plan.classifiers == ["coattention+erasing"]
+    assert plan.warm_start("coattention") == ["cam"]
+    assert plan.warm_start("coattention+erasing_round2") == ["cam"]  # every erasing round starts from it too
+    assert plan.warm_start("cam") == [] and plan.warm_start("cam+puzzle") == []

@@ -18,6 +18,8 @@ with logged(snakemake.log[0]), gpu_job(snakemake) as gpus:
         checkpoint_dir=p.checkpoint_dir,
         # adversarial-erasing rounds after the first: the earlier rounds' CAMs
         erase_cams=list(getattr(snakemake.input, "erase", [])),
+        # classifier.coattention.warm_start: the trained baseline to start from
+        init_model=next(iter(getattr(snakemake.input, "init", [])), None),
         threads=snakemake.threads,
     )
     print(summary)

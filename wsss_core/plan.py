@@ -100,9 +100,9 @@ class Plan:
         # baseline first, as summary.csv lists them
         self.classifiers = sorted({self.main_classifier, *compared}, key=_order)
         # every classifier rule train_classifier trains (erasing rounds after the first: train_erasing_round)
-        self.trained = sorted(
-            {self.round_classifiers(v)[0] if self.erasing(v) else v for v in self.classifiers}, key=_order
-        )
+        self.trained = {self.round_classifiers(v)[0] if self.erasing(v) else v for v in self.classifiers}
+        # a warm-started co-attention classifier needs the plain baseline trained too
+        self.trained = sorted(self.trained | {w for v in self.trained for w in self.warm_start(v)}, key=_order)
         self.erasing_variants = [v for v in self.classifiers if self.erasing(v)]
         # classifiers whose single-round CAMs infer_coattentive_cams writes (with the multi-round ones),
         # and those whose CAMs infer_cams writes
@@ -158,6 +158,16 @@ class Plan:
         """The add-on modules variant ``name`` does not run: an edit to one of them does not retrain it."""
         _, addons = parse_variant(name)
         return [module for addon, module in ADDON_MODULES.items() if addon not in addons]
+
+    def warm_start(self, name: str) -> list[str]:
+        """The classifier whose weights variant ``name`` starts from: the plain baseline ``cam`` for co-attention
+        variants with ``classifier.coattention.warm_start``, else none (ImageNet backbone, random heads)."""
+        if (
+            parse_variant(name.partition("_round")[0])[0] == "coattention"
+            and self.classifier["coattention"]["warm_start"]
+        ):
+            return ["cam"]
+        return []
 
     def classifier_config(self, name: str) -> dict:
         """The classifier section as the variant ``name`` is trained with: the shared settings plus the

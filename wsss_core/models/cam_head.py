@@ -19,10 +19,11 @@ from wsss_core.models.backbones import Backbone
 class CAMNet(nn.Module):
     """``backbone`` + ``classifier = Conv2d(C, num_classes, 1, bias=False)``; no background class."""
 
-    def __init__(self, backbone: Backbone, num_classes: int):
+    def __init__(self, backbone: Backbone, num_classes: int, channels: int | None = None):
         super().__init__()
         self.backbone = backbone
-        self.classifier = nn.Conv2d(backbone.out_channels, num_classes, 1, bias=False)
+        # channels of what :meth:`features` returns (subclasses may put layers after the backbone)
+        self.classifier = nn.Conv2d(channels or backbone.out_channels, num_classes, 1, bias=False)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) backbone features at ``backbone.stride`` of a normalised image batch."""

@@ -12,7 +12,7 @@ from wsss_core.models.coattention import TARGET, CoAttentionNet
 from wsss_core.models.saved import load_saved
 
 METHODS = ("cam", "coattention")
-# what a saved classifier's meta["arch"] holds (co-attention classifiers add their image domains)
+# what a saved classifier's meta["arch"] holds (co-attention classifiers add their image domains and head)
 ARCH_KEYS = ("method", "backbone", "output_stride")
 
 
@@ -29,7 +29,13 @@ def build_classifier(arch: dict, num_classes: int, weights: str = "random", weig
     )
     if arch["method"] == "cam":
         return CAMNet(backbone, num_classes)
-    return CoAttentionNet(backbone, num_classes, domains=tuple(arch.get("domains", (TARGET,))))
+    return CoAttentionNet(
+        backbone,
+        num_classes,
+        domains=tuple(arch.get("domains", (TARGET,))),
+        head_convs=arch.get("head_convs", 0),
+        head_channels=arch.get("head_channels", 512),
+    )
 
 
 def load_classifier(path: str | os.PathLike, device: torch.device | str = "cpu"):

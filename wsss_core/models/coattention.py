@@ -1,7 +1,9 @@
 """The co-attention classifier of Sun et al., *Mining Cross-Image Semantics for WSSS* (ECCV 2020).
 
-Two images m and n that share a class go through one backbone (features F_m, F_n, C x N each,
-N = h * w positions). Three heads read them:
+Two images m and n that share a class go through one backbone and a stack of ``head_convs`` new
+3x3 conv + ReLU layers (features F_m, F_n, C x N each, N = h * w positions; the reference code puts
+three 512-channel ones on VGG-16, trained at 10x the backbone's rate, so that every head below reads
+features that co-attention training shapes, not the ImageNet ones). Three heads read them:
 
 * single-image: the plain CAM classifier phi (inherited from :class:`CAMNet`) on F_m and F_n;
 * co-attention: affinities P = F_m^T W_P F_n (N_m x N_n); each position of n gathers the
@@ -46,18 +48,43 @@ def exclusive_labels(l_m: torch.Tensor, l_n: torch.Tensor) -> torch.Tensor:
     return l_m * (1 - l_n)
 
 
-class CoAttentionNet(CAMNet):
-    """CAM classifier + co-attention (``affinity[pair]`` = W_P, ``co_classifier``, ``gate`` = W_B)."""
+def conv_head(in_channels: int, convs: int, channels: int) -> nn.Module:
+    """``convs`` x (3x3 conv + ReLU) of ``channels`` outputs (identity when 0), He-normal weights, zero biases
+    (the reference code's initialisation)."""
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        conv = nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1)
+        nn.init.normal_(conv.weight, 0.0, (2.0 / (9 * channels)) ** 0.5)
+        nn.init.zeros_(conv.bias)
+        layers += [conv, nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers) if layers else nn.Identity()
 
-    def __init__(self, backbone: Backbone, num_classes: int, domains: tuple[str, ...] = (TARGET,)):
-        super().__init__(backbone, num_classes)
-        channels = backbone.out_channels
+
+class CoAttentionNet(CAMNet):
+    """Backbone + ``head`` + CAM classifier + co-attention (``affinity[pair]`` = W_P, ``co_classifier``,
+    ``gate`` = W_B)."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        domains: tuple[str, ...] = (TARGET,),
+        head_convs: int = 0,
+        head_channels: int = 512,
+    ):
+        channels = head_channels if head_convs else backbone.out_channels
+        super().__init__(backbone, num_classes, channels)
+        self.head = conv_head(backbone.out_channels, head_convs, head_channels)
         self.domains = tuple(domains)
         pairs = sorted({domain_pair(a, b) for a in self.domains for b in self.domains})
         # nn.Linear's default init (uniform +-1/sqrt(C)) as in the reference code's W_P
         self.affinity = nn.ModuleDict({p: nn.Linear(channels, channels, bias=False) for p in pairs})
         self.co_classifier = nn.Conv2d(channels, num_classes, 1, bias=False)
         self.gate = nn.Conv2d(channels, 1, 1, bias=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) features every head reads: the backbone's, through ``head``."""
+        return self.head(self.backbone(x))
 
     def query(self, f_m: torch.Tensor, pair: str) -> torch.Tensor:
         """(B, N_m, C) F_m^T W_P: the half of the affinities that depends on m only (reusable for many n)."""
@@ -112,8 +139,8 @@ class CoAttentionNet(CAMNet):
         return cams.view(f_n.shape[0], -1, *f_n.shape[2:])
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """(pretrained backbone params, new params): every co-attention layer is new."""
-        return self.backbone.param_groups(self.classifier, self.affinity, self.co_classifier, self.gate)
+        """(pretrained backbone params, new params): the head and every co-attention layer are new."""
+        return self.backbone.param_groups(self.head, self.classifier, self.affinity, self.co_classifier, self.gate)
 
 
 def pair_loss(logits: dict, l_m: torch.Tensor, l_n: torch.Tensor, *, contrastive: bool) -> dict:

@@ -20,6 +20,8 @@ from torch.utils.data import Dataset
 
 from wsss_core.data.transforms import Augment
 from wsss_core.data.voc_layout import VOCDataset
+from wsss_core.fileio import file_sha256
+from wsss_core.models.cam_head import CAMNet
 from wsss_core.models.classifier import ARCH_KEYS, build_classifier
 from wsss_core.models.coattention import TARGET
 from wsss_core.train.addons import add_terms, loss_addons
@@ -62,7 +64,9 @@ def architecture(cfg: dict) -> dict:
     """The ARCH_KEYS of a ``classifier`` config section, plus the co-attention image domains."""
     arch = {k: cfg[k] for k in ARCH_KEYS}
     if cfg["method"] == "coattention":
-        arch["domains"] = [TARGET] + [s["domain"] for s in cfg["coattention"]["extra_sources"]]
+        co = cfg["coattention"]
+        arch["domains"] = [TARGET] + [s["domain"] for s in co["extra_sources"]]
+        arch.update(head_convs=co["head_convs"], head_channels=co["head_channels"])
     return arch
 
 
@@ -85,9 +89,10 @@ def method_settings(cfg: dict) -> dict:
 
     - ``+puzzle``: backbone lr at most ``puzzle.lr``, BatchNorm mode ``puzzle.frozen_bn``. The tile pass doubles
       the classification gradient; with frozen BatchNorm EfficientNet-Lite0's features then die (docs/results.md).
-    - ``coattention``: its own ``epochs``/``batch_size``/``lr`` (these win over the puzzle lr): a pair step costs
-      several single-image steps, the method's reference schedule (15 epochs of 5 pairs) is not the CAM
-      baseline's, and its five summed loss terms need a smaller step.
+    - ``coattention``: its own ``epochs``/``batch_size``/``lr``/``weight_decay`` (these win over the puzzle lr) and
+      its optimizer details (``nesterov``, ``bias_lr_mult``): a pair step costs several single-image steps, the
+      method's reference schedule (15 epochs of 5 pairs) is not the CAM baseline's, and its five summed loss terms
+      need a smaller step.
     """
     own = {}
     if "puzzle" in cfg.get("addons", []):
@@ -97,7 +102,8 @@ def method_settings(cfg: dict) -> dict:
         if puzzle.get("frozen_bn") is not None:
             own["frozen_bn"] = puzzle["frozen_bn"]
     if cfg["method"] == "coattention":
-        own.update({k: v for k in ("epochs", "batch_size", "lr") if (v := cfg["coattention"].get(k)) is not None})
+        keys = ("epochs", "batch_size", "lr", "weight_decay", "nesterov", "bias_lr_mult")
+        own.update({k: v for k in keys if (v := cfg["coattention"].get(k)) is not None})
     return {**cfg, **own} if own else cfg
 
 
@@ -119,6 +125,27 @@ def training_images(ds: VOCDataset, split: str, cfg: dict, erase_cams, mean) -> 
     return erased
 
 
+def warm_start(model: CAMNet, init_model) -> str:
+    """Copy a trained plain-CAM classifier's backbone into ``model`` (and its class conv, where the shapes
+    match: a co-attention classifier without head convs); returns the file's sha256."""
+    payload = torch.load(init_model, map_location="cpu", weights_only=True)
+    theirs = payload["meta"]["arch"]
+    if theirs["method"] != "cam":
+        raise ValueError(f"classifier.coattention.warm_start: {init_model} is a '{theirs['method']}' classifier")
+    state = payload["state_dict"]
+    backbone = {k.partition(".")[2]: v for k, v in state.items() if k.startswith("backbone.")}
+    try:
+        model.backbone.load_state_dict(backbone)
+    except RuntimeError as error:
+        raise ValueError(
+            f"classifier.coattention.warm_start: {init_model} ({theirs['backbone']}, output stride "
+            f"{theirs['output_stride']}) does not fit this classifier's backbone: {str(error).splitlines()[0]}"
+        ) from None
+    if state["classifier.weight"].shape == model.classifier.weight.shape:
+        model.classifier.weight.data.copy_(state["classifier.weight"])
+    return file_sha256(init_model)
+
+
 def train_classifier(
     dataset_root,
     split: str,
@@ -128,12 +155,14 @@ def train_classifier(
     out_history_csv,
     checkpoint_dir,
     erase_cams=(),
+    init_model=None,
     threads: int = 1,
     device: str = "auto",
 ) -> dict:
     """Train on ``split`` of the dataset with the ``classifier`` config section ``cfg``.
 
     ``erase_cams``: CAM stores of the earlier adversarial-erasing rounds (only with the erasing add-on).
+    ``init_model``: a trained plain-CAM classifier to start from (``classifier.coattention.warm_start``).
     Run by ``torchrun`` (see ``train/distributed.py``), each process trains on its share of every global batch.
     """
     cfg = method_settings(cfg)
@@ -143,6 +172,7 @@ def train_classifier(
     model = build_classifier(
         arch, ds.num_classes - 1, weights=cfg["weights"], weights_dir=cfg["weights_dir"], frozen_bn=cfg["frozen_bn"]
     )
+    init_sha = warm_start(model, init_model) if init_model else None
     bb = model.backbone
     ds = training_images(ds, split, cfg, list(erase_cams), bb.mean)
     augment = Augment(
@@ -168,6 +198,7 @@ def train_classifier(
         "ids": {s.domain: s.ids for s in sources},
         "classes": ds.classes,
         **({"erased": erased} if erased else {}),
+        **({"init_sha256": init_sha} if init_sha else {}),
     }
     meta = {
         "arch": arch,

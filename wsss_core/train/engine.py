@@ -139,6 +139,9 @@ class Engine:
             new_layer_lr_mult=cfg["new_layer_lr_mult"],
             momentum=cfg["momentum"],
             weight_decay=cfg["weight_decay"],
+            bias_lr_mult=cfg.get("bias_lr_mult", 1.0),
+            biases=frozenset(id(p) for name, p in model.named_parameters() if name.endswith(".bias")),
+            nesterov=cfg.get("nesterov", False),
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch, total_steps))
         scaler = grad_scaler(device, cfg["amp"], cfg["amp_dtype"])

@@ -66,15 +66,27 @@ def make_optimizer(
     new_layer_lr_mult: float,
     momentum: float,
     weight_decay: float,
+    bias_lr_mult: float = 1.0,
+    biases: frozenset[int] = frozenset(),
+    nesterov: bool = False,
 ) -> torch.optim.Optimizer:
     """``name`` (sgd | adamw) over two groups: pretrained layers at ``lr``, new ones at ``new_layer_lr_mult`` x.
 
-    sgd: momentum ``momentum`` and L2 ``weight_decay`` (the papers' recipe); adamw: Adam with decoupled
-    ``weight_decay`` (``momentum`` is unused: Adam's betas are torch's defaults).
+    sgd: momentum ``momentum`` (Nesterov's when ``nesterov``) and L2 ``weight_decay`` (the papers' recipe);
+    adamw: Adam with decoupled ``weight_decay`` (``momentum`` is unused: Adam's betas are torch's defaults).
+    With ``bias_lr_mult`` != 1, the parameters whose ``id`` is in ``biases`` form two more groups at
+    ``bias_lr_mult`` times their layer's rate (the Caffe-era recipe of the co-attention reference code).
     """
-    groups = [{"params": pretrained, "lr": lr}, {"params": new, "lr": lr * new_layer_lr_mult}]
+    groups = []
+    for params, rate in ((pretrained, lr), (new, lr * new_layer_lr_mult)):
+        if bias_lr_mult == 1:
+            groups.append({"params": params, "lr": rate})
+            continue
+        groups.append({"params": [p for p in params if id(p) not in biases], "lr": rate})
+        groups.append({"params": [p for p in params if id(p) in biases], "lr": rate * bias_lr_mult})
+    groups = [g for g in groups if g["params"]] if bias_lr_mult != 1 else groups
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}, use one of {', '.join(OPTIMIZERS)}")
