@@ -1,5 +1,7 @@
 """The co-attention classifier: heads, label algebra, pair sampling, domains, gradients, cached inference."""
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss_core.cams import coattention as coattention_cams
 from wsss_core.cams.coattention import choose_references, coattentive_cams
 from wsss_core.cams.infer import infer_cams
 from wsss_core.cams.store import CAMReader
@@ -172,7 +175,7 @@ def _save_model(model, dataset: VOCDataset, path):
     torch.save({"state_dict": model.state_dict(), "meta": meta}, path)
 
 
-def _naive_multiround(model, dataset, ids, index, scales, references, seed):
+def _naive_multiround(model, dataset, ids, index, scales, references, seed, floor=0.1):
     """The multi-round CAMs of one image computed pair by pair, every feature map from its own forward pass."""
     labels = dataset.label_matrix(ids)
 
@@ -201,20 +204,28 @@ def _naive_multiround(model, dataset, ids, index, scales, references, seed):
                 continue
             m = co(model.coattend(features(image_id, scale, mirror), f_1)[0])
             self_maps.append(up(m.flip(-1) if mirror else m))
-    self_maps.append(up(co(model.coattend(f_1, features(image_id, 1, True))[0])))
+    own = up(co(model.coattend(f_1, features(image_id, 1, True))[0]))  # n given its mirror: always kept
+
+    def kept(m):  # the reference code's filter: sigmoid(mean score) > 0.1
+        return float(torch.sigmoid(m.mean()) > floor)
+
     class_ids = dataset.labels(image_id)
     out = []
     for class_id in class_ids:
-        maps = [unit(m[class_id - 1]) for m in self_maps]
+        maps = [unit(own[class_id - 1])] + [unit(m[class_id - 1]) * kept(m[class_id - 1]) for m in self_maps]
         chosen = choose_references(labels, index, class_id, references, seed)
         ref = sum(co(model.coattend(f_1, features(ids[r]))[0])[:, class_id - 1 : class_id] for r in chosen)
-        maps.append(unit(up(ref / len(chosen))[0]))
+        ref = up(ref / len(chosen))[0]
+        maps.append(unit(ref) * kept(ref))
         out.append(unit(sum(maps) / len(maps)))
     return torch.stack(out)
 
 
-def test_cached_multiround_cams_equal_a_naive_pair_by_pair_computation(tiny_demo, tmp_path, monkeypatch):
+@pytest.mark.parametrize("floor", [0.1, 0.7])
+def test_cached_multiround_cams_equal_a_naive_pair_by_pair_computation(tiny_demo, tmp_path, monkeypatch, floor):
     monkeypatch.setattr(classifier_module, "build_backbone", lambda name, **kw: ConvBackbone())
+    # floor 0.7 (mean score 0.85) drops some of this random network's maps: the filter is exercised
+    monkeypatch.setattr(coattention_cams, "MIN_MEAN_LOGIT", math.log(floor / (1 - floor)))
     ds = VOCDataset(tiny_demo)
     model = net(num_classes=ds.num_classes - 1, seed=1)
     _save_model(model, ds, tmp_path / "model.pt")
@@ -237,7 +248,7 @@ def test_cached_multiround_cams_equal_a_naive_pair_by_pair_computation(tiny_demo
         for index in (0, 5, len(ids) - 1):
             cams, class_ids = multi.read(ids[index])
             assert class_ids == ds.labels(ids[index])
-            naive = _naive_multiround(model, ds, ids, index, scales, references=2, seed=4)
+            naive = _naive_multiround(model, ds, ids, index, scales, references=2, seed=4, floor=floor)
             assert np.abs(cams - naive.numpy()).max() < 2e-3  # fp16 store and fp16 feature cache
     # single-round maps = plain CAM inference of the same network
     infer_cams(tiny_demo, "train", tmp_path / "model.pt", tmp_path / "plain.h5", scales=scales, batch_size=4)
@@ -371,3 +382,9 @@ def test_warm_start_copies_the_baselines_backbone_and_rejects_other_networks(tmp
     torch.save({"state_dict": base.state_dict(), "meta": {**meta, "arch": {**meta["arch"], "method": "x"}}}, path)
     with pytest.raises(ValueError, match="warm_start: .* is a 'x' classifier"):
         warm_start(CoAttentionNet(ConvBackbone(), 5), path)
+
+
+def test_fusion_keeps_maps_whose_mean_score_passes_the_reference_filter():
+    maps = torch.stack([torch.full((3, 4), -3.0), torch.full((3, 4), -2.0), torch.zeros(3, 4)])
+    maps[0, 0, 0] = 5.0  # a peak does not save a map whose mean is low
+    assert coattention_cams.kept(maps).flatten().tolist() == [0.0, 1.0, 1.0]

@@ -10,7 +10,9 @@ on co-attended features) of
 * reference pairs: for each labelled class k, R images of the split that also contain k
   (seeded choice); the maps of n for class k are averaged over the R references.
 
-Each of these maps is ReLU'd and divided by its maximum; their mean is the multi-round CAM.
+Each of these maps is ReLU'd and divided by its maximum; their mean is the multi-round CAM. As in the
+reference code, a map whose mean raw score m has sigmoid(m) <= 0.1 (the pair barely sees the class) adds
+nothing but still counts in the mean; n's own map in the pair with its mirror image is always added.
 
 Cost: the backbone runs once per view of each image, as in single-round inference, plus once
 per image for a scale-1 feature cache (a temporary HDF5 file beside the output, fp16) from
@@ -22,6 +24,7 @@ pass, so the extra cost of multi-round inference is the cache pass plus the pair
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -101,12 +104,22 @@ def self_pair_maps(model: CoAttentionNet, x: torch.Tensor, scales, flip: bool):
             maps.append(
                 F.interpolate((co.flip(-1) if i else co).float(), size=size, mode="bilinear", align_corners=False)
             )
-    if flip:  # n's own map in the pair with its mirror image
+    if flip:  # n's own map in the pair with its mirror image, first: it is always kept (see kept())
         f_mirror = next(f for s, f in views if s == 1)[b:]
-        maps.append(
-            F.interpolate(model.co_cams(f_1, f_mirror, SELF).float(), size=size, mode="bilinear", align_corners=False)
+        maps.insert(
+            0,
+            F.interpolate(model.co_cams(f_1, f_mirror, SELF).float(), size=size, mode="bilinear", align_corners=False),
         )
     return single, maps, f_1
+
+
+# sigmoid(-2.197) = 0.1: a co-attention map whose mean score is below this is left out of the fusion
+MIN_MEAN_LOGIT = math.log(0.1 / 0.9)
+
+
+def kept(maps: torch.Tensor) -> torch.Tensor:
+    """(..., 1, 1) 1.0 where a raw (..., H, W) map's mean score is above :data:`MIN_MEAN_LOGIT`, else 0.0."""
+    return (maps.mean(dim=(-2, -1)) > MIN_MEAN_LOGIT).to(maps.dtype)[..., None, None]
 
 
 @torch.no_grad()
@@ -196,7 +209,10 @@ def coattentive_cams(
                 class_ids = ds.labels(ids[index])
                 writers[0].write(ids[index], normalize_cams(single[row].cpu(), class_ids).numpy(), class_ids)
                 rows = [c - 1 for c in class_ids]
-                maps = [unit_max(m[row, rows]) for m in self_maps]
+                maps = [
+                    unit_max(m[row, rows]) * (1.0 if flip and i == 0 else kept(m[row, rows]))
+                    for i, m in enumerate(self_maps)
+                ]
                 counts = torch.full((len(rows), 1, 1), float(len(maps)), device=x.device)
                 total = sum(maps) if maps else torch.zeros(len(rows), *x.shape[-2:], device=x.device)
                 f_n = f_1[row : row + 1]
@@ -207,7 +223,7 @@ def coattentive_cams(
                         continue
                     ref = reference_map(model, f_n, query, [cache.get(r, device) for r in chosen], class_id)
                     ref = F.interpolate(ref[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
-                    total[j] += unit_max(ref[0, 0])
+                    total[j] += unit_max(ref[0, 0]) * kept(ref[0, 0])
                     counts[j] += 1
                     pairs += len(chosen)
                 multi = unit_max(total / counts.clamp_min(1)).cpu()  # rows = the image's classes already
