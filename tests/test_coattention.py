@@ -67,11 +67,27 @@ def test_coattended_features_are_convex_combinations_of_the_other_image():
     assert torch.allclose(co_m[0, 0], co_m[0, 1])  # n's positions carry identical values over channels
 
 
-def test_co_cams_equal_the_co_classifier_on_coattended_features():
-    model = net()
+@pytest.mark.parametrize("affinity", ["bilinear", "cosine"])
+def test_co_cams_equal_the_co_classifier_on_coattended_features(affinity):
+    torch.manual_seed(0)
+    model = CoAttentionNet(ConvBackbone(), 5, affinity=affinity).eval()
     f_n, f_r = torch.rand(4, 16, 5, 6), torch.rand(4, 16, 7, 3)
     naive = model.co_classifier(model.coattend(f_n, f_r)[0])
     assert torch.allclose(model.co_cams(f_n, f_r), naive, atol=1e-5)
+
+
+def test_cosine_affinities_start_as_scaled_cosine_similarities_and_ignore_feature_norms():
+    model = CoAttentionNet(ConvBackbone(), 5, affinity="cosine", temperature=0.2)
+    f_m, f_n = torch.rand(1, 16, 2, 3), torch.rand(1, 16, 3, 2)
+    p = model.affinities(model.query(f_m, "target-target"), f_n)[0]
+    cos = F.normalize(f_m.flatten(2)[0], dim=0).T @ F.normalize(f_n.flatten(2)[0], dim=0)
+    assert torch.allclose(p, cos / 0.2, atol=1e-5)
+    # a position of n ten times stronger draws no more attention (the bilinear form's failure mode)
+    strong = f_n.clone()
+    strong[..., 0, 0] *= 10
+    assert torch.allclose(model.affinities(model.query(f_m, "target-target"), strong)[0], p, atol=1e-5)
+    with pytest.raises(ValueError, match="classifier.coattention.affinity: 'dot'"):
+        CoAttentionNet(ConvBackbone(), 5, affinity="dot")
 
 
 def test_label_algebra_with_empty_sets():

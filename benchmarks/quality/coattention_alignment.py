@@ -74,7 +74,7 @@ def main() -> None:
                 if not chosen:
                     continue
                 f_r = features(chosen[0])
-                attention = torch.bmm(model.query(f_n, SELF), f_r.flatten(2)).softmax(-1)[0]  # (N_n, N_r)
+                attention = model.affinities(model.query(f_n, SELF), f_r).softmax(-1)[0]  # (N_n, N_r)
                 in_n = region(mask_n, class_id, f_n.shape[-2:])
                 in_r = region(ds.load_mask(ids[chosen[0]]), class_id, f_r.shape[-2:])
                 background_n = region(mask_n, 0, f_n.shape[-2:])

@@ -35,6 +35,8 @@ def build_classifier(arch: dict, num_classes: int, weights: str = "random", weig
         domains=tuple(arch.get("domains", (TARGET,))),
         head_convs=arch.get("head_convs", 0),
         head_channels=arch.get("head_channels", 512),
+        affinity=arch.get("affinity", "bilinear"),
+        temperature=arch.get("temperature", 0.1),
     )
 
 

@@ -31,6 +31,8 @@ from wsss_core.models.backbones import Backbone
 from wsss_core.models.cam_head import CAMNet
 
 TARGET = "target"
+# bilinear: P = F_m^T W_P F_n (the paper's); cosine: the cosine similarity of W_P^T F_m and F_n over a temperature
+AFFINITIES = ("bilinear", "cosine")
 
 
 def domain_pair(a: str, b: str) -> str:
@@ -71,14 +73,23 @@ class CoAttentionNet(CAMNet):
         domains: tuple[str, ...] = (TARGET,),
         head_convs: int = 0,
         head_channels: int = 512,
+        affinity: str = "bilinear",
+        temperature: float = 0.1,
     ):
+        if affinity not in AFFINITIES:
+            raise ValueError(f"config key classifier.coattention.affinity: '{affinity}' is not one of {AFFINITIES}")
         channels = head_channels if head_convs else backbone.out_channels
         super().__init__(backbone, num_classes, channels)
         self.head = conv_head(backbone.out_channels, head_convs, head_channels)
         self.domains = tuple(domains)
+        self.affinity_kind, self.temperature = affinity, temperature
         pairs = sorted({domain_pair(a, b) for a in self.domains for b in self.domains})
-        # nn.Linear's default init (uniform +-1/sqrt(C)) as in the reference code's W_P
+        # bilinear: nn.Linear's default init (uniform +-1/sqrt(C)) as in the reference code's W_P;
+        # cosine: W_P starts as the identity, so the first affinities are the features' cosine similarities
         self.affinity = nn.ModuleDict({p: nn.Linear(channels, channels, bias=False) for p in pairs})
+        if affinity == "cosine":
+            for layer in self.affinity.values():
+                nn.init.eye_(layer.weight)
         self.co_classifier = nn.Conv2d(channels, num_classes, 1, bias=False)
         self.gate = nn.Conv2d(channels, 1, 1, bias=False)
 
@@ -87,16 +98,23 @@ class CoAttentionNet(CAMNet):
         return self.head(self.backbone(x))
 
     def query(self, f_m: torch.Tensor, pair: str) -> torch.Tensor:
-        """(B, N_m, C) F_m^T W_P: the half of the affinities that depends on m only (reusable for many n)."""
+        """(B, N_m, C) F_m^T W_P: the half of the affinities that depends on m only (reusable for many n);
+        cosine: each row scaled to unit length and divided by the temperature."""
         if pair not in self.affinity:
             raise KeyError(f"no co-attention weights for domain pair '{pair}' (have {sorted(self.affinity)})")
-        return self.affinity[pair](f_m.flatten(2).transpose(1, 2).contiguous())
+        q = self.affinity[pair](f_m.flatten(2).transpose(1, 2).contiguous())
+        return F.normalize(q, dim=2) / self.temperature if self.affinity_kind == "cosine" else q
+
+    def affinities(self, query: torch.Tensor, f_n: torch.Tensor) -> torch.Tensor:
+        """(B, N_m, N_n) P from m's :meth:`query` and n's (B, C, h, w) features (cosine: unit-length columns)."""
+        flat_n = f_n.flatten(2)
+        return torch.bmm(query, F.normalize(flat_n, dim=1) if self.affinity_kind == "cosine" else flat_n)
 
     def coattend(self, f_m: torch.Tensor, f_n: torch.Tensor, pair: str = f"{TARGET}-{TARGET}"):
         """(F_m^{m∩n}, F_n^{m∩n}) for (B, C, h, w) feature maps: each image's positions filled
         with the attended features of the other image (shapes of f_m and f_n respectively)."""
         flat_m, flat_n = f_m.flatten(2), f_n.flatten(2)
-        p = torch.bmm(self.query(f_m, pair), flat_n)  # (B, N_m, N_n) = F_m^T W_P F_n
+        p = self.affinities(self.query(f_m, pair), f_n)  # (B, N_m, N_n) = F_m^T W_P F_n
         n_from_m = torch.bmm(flat_m, p.softmax(dim=1))  # (B, C, N_n): convex combinations of m's features
         m_from_n = torch.bmm(flat_n, p.transpose(1, 2).softmax(dim=1))  # (B, C, N_m)
         return m_from_n.view_as(f_m), n_from_m.view_as(f_n)
@@ -133,7 +151,7 @@ class CoAttentionNet(CAMNet):
         ``query`` (:meth:`query` of f_n) can be computed once for all of an image's references.
         """
         q = self.query(f_n, pair) if query is None else query
-        p = torch.bmm(q, f_r.flatten(2))  # (B, N_n, N_r)
+        p = self.affinities(q, f_r)  # (B, N_n, N_r)
         class_maps_r = self.co_classifier(f_r).flatten(2)  # (B, K, N_r)
         cams = torch.bmm(class_maps_r, p.transpose(1, 2).softmax(dim=1))  # (B, K, N_n)
         return cams.view(f_n.shape[0], -1, *f_n.shape[2:])

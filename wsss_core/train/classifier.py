@@ -66,7 +66,7 @@ def architecture(cfg: dict) -> dict:
     if cfg["method"] == "coattention":
         co = cfg["coattention"]
         arch["domains"] = [TARGET] + [s["domain"] for s in co["extra_sources"]]
-        arch.update(head_convs=co["head_convs"], head_channels=co["head_channels"])
+        arch.update({k: co[k] for k in ("head_convs", "head_channels", "affinity", "temperature")})
     return arch
 
 
