@@ -133,7 +133,9 @@ def test_schema_pass_fills_defaults_and_names_every_bad_key():
 
 
 def test_a_warm_started_coattention_classifier_gets_the_baseline_trained_first():
-    cold = Plan(validated({"classifier": {"method": "coattention", "compare": []}}))
+    cold = Plan(
+        validated({"classifier": {"method": "coattention", "compare": [], "coattention": {"warm_start": False}}})
+    )
     assert cold.trained == ["coattention"] and cold.warm_start("coattention") == []
     plan = Plan(
         validated(

@@ -15,7 +15,8 @@ softmax(F_n^T W_P F_r) over r's positions at output stride, and prints:
 * the health of the backbone features (share of exact zeros after the last ReLU6, std of the
   per-image channel means across images: ~0 means every image gives the same features).
 
-``--init`` measures the same architecture before training (ImageNet backbone, seeded random heads).
+``--init`` measures the same architecture before training (ImageNet backbone, seeded random heads), with
+``--arch`` overrides of its architecture (e.g. another affinity).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
 from wsss_core.cams.coattention import SELF, choose_references
 from wsss_core.cams.infer import prepare
@@ -46,6 +48,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", action="store_true", help="the untrained architecture instead of the model")
+    parser.add_argument(
+        "--arch", default="{}", help="with --init: YAML overrides of the architecture, e.g. '{affinity: cosine}'"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -54,7 +59,8 @@ def main() -> None:
     model, meta = load_classifier(args.model)
     if args.init:
         torch.manual_seed(args.seed)
-        model = build_classifier(meta["arch"], len(meta["classes"]) - 1, weights="imagenet").eval()
+        arch = {**meta["arch"], **(yaml.safe_load(args.arch) or {})}
+        model = build_classifier(arch, len(meta["classes"]) - 1, weights="imagenet").eval()
     ids = ds.ids(args.split)
     labels = ds.label_matrix(ids)
 
