@@ -303,16 +303,20 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
         "infer_cams",
         "make_saliency",
     }
-    # The co-attention network's module: the co-attention classifier retrains for the updated input it names, and
-    # the co-attentive CAMs follow for the new model (Snakemake names only the first reason in a job's chain: the
-    # upstream job, not this job's own edited inputs); still no data preparation. (The baseline's training and
-    # CAM inference rerun too: train/classifier.py, which both methods run, imports models/coattention.py, and
-    # code() tracks modules, not the branch a method takes.)
+    # The co-attention network's module: the baseline retrains for the updated input it names (train/classifier.py,
+    # which both methods run, imports models/coattention.py, and code() tracks modules, not the branch a method
+    # takes); the co-attention classifier, warm-started from the baseline (tiny.yaml keeps the default
+    # warm_start), follows for the new baseline, and the co-attentive CAMs for the new model (Snakemake names only
+    # the first reason in a job's chain: the upstream job, not this job's own edited inputs); still no data
+    # preparation.
     coattention_net = "repo/wsss_core/models/coattention.py"
     with open(tmp_path / coattention_net, "a") as f:
         f.write("# edited\n")
     jobs, summary = plan(run_snakemake(tmp_path, "-n", *TINY, repo=repo).stdout)
-    assert jobs["train_classifier", "method=coattention"] == {"Updated input files": coattention_net}
+    assert jobs["train_classifier", "method=cam"] == {"Updated input files": coattention_net}
+    assert jobs["train_classifier", "method=coattention"] == {
+        "Input files updated by another job": "results/demo_tiny/classifier/cam/model.pt"
+    }
     assert jobs["infer_coattentive_cams", "method=coattention"] == {
         "Input files updated by another job": "results/demo_tiny/classifier/coattention/model.pt"
     }
