@@ -62,7 +62,7 @@ rule infer_coattentive_cams:
         runtime=480,
     params:
         split=CAM_SPLIT,
-        cams=section(CAMS, drop=("multiround", "eval_thresholds")),
+        cams=section(CAMS, drop=("multiround", "label_source", "eval_thresholds")),
     script:
         "../workflow_scripts/infer_coattentive_cams.py"
 

@@ -69,6 +69,17 @@ def test_default_config_plans_no_multiround_or_walk_stores_it_does_not_need():
     assert not any(s.endswith("random_walk") for s in plan.cam_stores) or plan.recipe.startswith("random_walk")
 
 
+def test_co_attention_labels_come_from_the_store_label_source_names_and_the_multi_round_store_is_still_made():
+    base = {"classifier": {"method": "coattention", "compare": ["cam"]}, "pseudo_labels": {"compare": []}}
+    plan = Plan(validated(base))
+    assert plan.main_cams == "coattention" and plan.main_run == f"coattention+{plan.recipe}"
+    assert plan.cam_stores[:3] == ["cam", "coattention", "coattention_multiround"]
+    plan = Plan(validated(base, {"cams": {"label_source": "multiround"}}))
+    assert plan.main_cams == "coattention_multiround"
+    with pytest.raises(ValueError, match="cams.label_source"):
+        Plan(validated(base, {"cams": {"label_source": "multiround", "multiround": False}}))
+
+
 def test_each_classifier_gets_only_its_own_sections():
     plan = Plan(validated(TINY))
     base = plan.classifier_config("cam")
