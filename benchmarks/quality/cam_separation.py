@@ -79,8 +79,12 @@ def main() -> None:
     stores = args.stores or sorted(p.name for p in cam_dir.iterdir() if (p / f"{args.split}.h5").is_file())
     dataset = VOCDataset(args.root)
     ids = [i for i in dataset.ids(args.split) if dataset.has_mask(i)]
-    print(f"{len(ids)} images of {args.root} ({args.split}) with masks; map of each labelled class, object vs background")
-    print(f"{'store':36s} {'pairs':>6s} {'object':>7s} {'backgr':>7s} {'ratio':>6s} {'bg>=' + str(THRESHOLD):>7s} {'AUC':>6s}")
+    print(
+        f"{len(ids)} images of {args.root} ({args.split}) with masks; map of each labelled class, object vs background"
+    )
+    print(
+        f"{'store':36s} {'pairs':>6s} {'object':>7s} {'backgr':>7s} {'ratio':>6s} {'bg>=' + str(THRESHOLD):>7s} {'AUC':>6s}"
+    )
     for name in stores:
         path = cam_dir / name / f"{args.split}.h5"
         if not path.is_file():
