@@ -52,7 +52,7 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     assert summary["label_source"] == "cls_labels.json"
     assert sum(s["images"] for s in summary["splits"].values()) == 40
     assert (tmp_path / "data" / "demo_tiny" / "JPEGImages").is_dir()
-    main = "coattention_multiround"  # the CAMs that make the pseudo labels by default
+    main = "coattention_multiround"  # the CAMs that make the pseudo labels (config/tiny.yaml: cams.label_source)
     addons = "cam+puzzle+binomial+erasing"  # all three add-ons; erasing in 2 rounds, the first cam+puzzle+binomial
     first, second = "cam+puzzle+binomial", f"{addons}_round2"
     recipes = ("confident", "saliency", "random_walk", "random_walk_saliency", "saliency_only")  # main recipe first
