@@ -83,6 +83,7 @@ def test_reserved_data_names_and_a_dataset_inside_the_outputs(tmp_path):
         ({"pseudo_labels": {"threshold": 0.02, "bg_margin": 0.05}}, "pseudo_labels.bg_margin"),
         ({"demo": {"n_images": 8, "val_fraction": 0.01}}, "demo.val_fraction"),
         ({"classifier": {"method": "coattention"}, "cams": {"scales": [0.5, 1.5]}}, "cams.scales"),
+        ({"cams": {"label_source": "multiround", "multiround": False}}, "cams.label_source"),
     ],
 )
 def test_relations_between_keys(sections, key):

@@ -177,6 +177,8 @@ def relation_problems(cfg: dict) -> list[str]:
             f"config key cams.scales: {cams['scales']} lacks 1.0, the scale multi-round co-attentive "
             "CAMs are computed at (cams.multiround with a coattention classifier)"
         )
+    if cams.get("label_source") == "multiround" and not cams.get("multiround"):
+        problems.append("config key cams.label_source: 'multiround' needs cams.multiround: true")
     thresholds = cams.get("eval_thresholds")
     if thresholds and thresholds["min"] > thresholds["max"]:
         problems.append(f"config key cams.eval_thresholds: min {thresholds['min']} > max {thresholds['max']}")

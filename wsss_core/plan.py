@@ -95,9 +95,6 @@ class Plan:
         self.classifier = cls = config["classifier"]
         self.rounds = cls["erasing"]["rounds"]
         self.multiround_cams = config["cams"]["multiround"]
-        if config["cams"]["label_source"] == "multiround" and not self.multiround_cams:
-            raise ValueError("config key cams.label_source: 'multiround' needs cams.multiround: true")
-        self.label_source = config["cams"]["label_source"]
         self.main_classifier = canonical(cls["method"], "classifier.method")
         compared = [canonical(v, f"classifier.compare[{i}]") for i, v in enumerate(cls["compare"])]
         # baseline first, as summary.csv lists them
@@ -117,7 +114,7 @@ class Plan:
         # the CAMs that make the pseudo labels: the main classifier's last store (an erasing variant's merged
         # rounds), for co-attention the one cams.label_source names
         self.main_cams = self.cams_of(self.main_classifier)[-1]
-        if self.multiround(self.main_classifier) and self.label_source == "single":
+        if self.multiround(self.main_classifier) and config["cams"]["label_source"] == "single":
             self.main_cams = self.main_classifier
 
         pseudo, seg = config["pseudo_labels"], config["segmentation"]

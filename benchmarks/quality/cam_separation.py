@@ -19,6 +19,7 @@ at a threshold near 0, i.e. by calling everything foreground: that is what its C
 from __future__ import annotations
 
 import argparse
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -37,23 +38,22 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float((ranks[:n_p].sum() - n_p * (n_p + 1) / 2) / (n_p * n_n))
 
 
-def separation(store: Path, dataset: VOCDataset, ids: list[str], max_pixels: int, seed: int) -> dict:
-    """The figures of one CAM store over the (image, class) pairs of ``ids``."""
-    rng = np.random.default_rng(seed)
+def pair_figures(cams: np.ndarray, class_ids, mask: np.ndarray, rng, max_pixels: int) -> list[tuple]:
+    """(object mean, background mean, background share >= THRESHOLD, AUC) per labelled class the mask shows."""
     rows = []
-    with CAMReader(store) as reader:
-        for image_id in ids:
-            cams, class_ids = reader.read(image_id)
-            mask = dataset.load_mask(image_id)
-            background = cams[:, mask == 0]
-            for row, class_id in enumerate(class_ids):
-                obj = cams[row][mask == class_id]
-                bg = background[row]
-                if not len(obj) or not len(bg):
-                    continue
-                sub_o = obj if len(obj) <= max_pixels else rng.choice(obj, max_pixels, replace=False)
-                sub_b = bg if len(bg) <= max_pixels else rng.choice(bg, max_pixels, replace=False)
-                rows.append((obj.mean(), bg.mean(), (bg >= THRESHOLD).mean(), auc(sub_o, sub_b)))
+    background = cams[:, mask == 0]
+    for row, class_id in enumerate(class_ids):
+        obj, bg = cams[row][mask == class_id], background[row]
+        if not len(obj) or not len(bg):
+            continue
+        sub_o = obj if len(obj) <= max_pixels else rng.choice(obj, max_pixels, replace=False)
+        sub_b = bg if len(bg) <= max_pixels else rng.choice(bg, max_pixels, replace=False)
+        rows.append((obj.mean(), bg.mean(), (bg >= THRESHOLD).mean(), auc(sub_o, sub_b)))
+    return rows
+
+
+def summary(rows: list[tuple]) -> dict:
+    """The figures of one store, averaged over its (image, class) pairs."""
     obj, bg, bg_on, area = np.asarray(rows).T
     return {
         "pairs": len(rows),
@@ -85,11 +85,21 @@ def main() -> None:
     print(
         f"{'store':36s} {'pairs':>6s} {'object':>7s} {'backgr':>7s} {'ratio':>6s} {'bg>=' + str(THRESHOLD):>7s} {'AUC':>6s}"
     )
-    for name in stores:
-        path = cam_dir / name / f"{args.split}.h5"
+    paths = [cam_dir / name / f"{args.split}.h5" for name in stores]
+    for path in paths:
         if not path.is_file():
             raise SystemExit(f"--stores: no CAM store {path}")
-        r = separation(path, dataset, ids, args.max_pixels, args.seed)
+    rngs = [np.random.default_rng(args.seed) for _ in paths]  # each store's draws as if scored alone
+    rows = [[] for _ in paths]
+    with ExitStack() as stack:
+        readers = [stack.enter_context(CAMReader(path)) for path in paths]
+        for image_id in ids:
+            mask = dataset.load_mask(image_id)  # once for every store
+            for reader, rng, store_rows in zip(readers, rngs, rows):
+                cams, class_ids = reader.read(image_id)
+                store_rows += pair_figures(cams, class_ids, mask, rng, args.max_pixels)
+    for name, store_rows in zip(stores, rows):
+        r = summary(store_rows)
         print(
             f"{name:36s} {r['pairs']:6d} {r['object']:7.3f} {r['background']:7.3f} {r['ratio']:6.2f} "
             f"{r['bg_on']:7.3f} {r['auc']:6.3f}"
