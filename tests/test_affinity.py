@@ -5,17 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import shared_dataset
 from test_pseudo_labels import CRF, read_png, write_store
 
 from wsss_core.cams.evaluate import sweep
 from wsss_core.cams.store import CAMReader
+from wsss_core.data.subset import resized_subset
 from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset, voc_palette
 from wsss_core.fileio import save_label_png
 from wsss_core.models.affinitynet import EMBED_CHANNELS, build_affinitynet, load_affinitynet
 from wsss_core.refine.affinity_labels import alpha_labels, confident_labels, make_affinity_labels
-from wsss_core.refine.propagate import embed_image, propagate_split
+from wsss_core.refine.propagate import embed_image, labelled_pairs, propagate_split
 from wsss_core.refine.random_walk import propagate_cams
 from wsss_core.train import checkpoint as checkpoint_module
+from wsss_core.train import engine as engine_module
 from wsss_core.train.affinity import train_affinity
 
 # Max-CAM values well away from the two cut points, ~0.2755 (alpha 4) and ~0.0770 (alpha 32).
@@ -32,6 +35,23 @@ TRAIN = dict(
 )
 
 
+# The sanity check's recipe: 96-px photos whole (a 6x6 grid at stride 16), AdamW with the embedding convs at 30x
+# (benchmarks/quality/affinity_overfit.py compares recipes on the same photos).
+OVERFIT = dict(
+    output_stride=16,
+    radius=4,
+    crop_size=96,
+    scale_range=(1.0, 1.0),
+    flip=False,
+    color_jitter=0.0,
+    epochs=150,
+    batch_size=8,
+    optimizer="adamw",
+    lr=0.0003,
+    new_layer_lr_mult=30,
+)
+
+
 def aff_cfg(**changes) -> dict:
     """The training keys of an ``affinity`` config section (the schema's defaults), with TRAIN's and ``changes``."""
     cfg = dict(
@@ -43,6 +63,7 @@ def aff_cfg(**changes) -> dict:
         radius=5,
         epochs=8,
         batch_size=8,
+        optimizer="sgd",
         lr=0.01,
         new_layer_lr_mult=10,
         momentum=0.9,
@@ -288,3 +309,26 @@ def test_amp_training_and_walk_on_cuda(setup, tmp_path):
     )
     with CAMReader(tmp_path / "rw.h5") as walked:
         assert walked.ids() == sorted(setup["ids"])
+
+
+def test_affinitynet_learns_to_tell_the_pairs_of_sixteen_photos_apart(tmp_path, monkeypatch):
+    """Sanity check of the network, the loss and the optimizer: trained on the ground-truth masks of 16 real
+    photos (fixed inputs: no rescale, flip or jitter), it separates their pairs: same-label pairs' mean
+    affinity above 0.9, different-label pairs' below 0.1."""
+    photos = resized_subset(
+        shared_dataset("voc_coseg"), tmp_path / "photos", split="train", count=16, long_side=OVERFIT["crop_size"]
+    )
+    outputs = dict(out_model=tmp_path / "m.pt", out_history_csv=tmp_path / "h.csv", checkpoint_dir=tmp_path / "ck")
+    monkeypatch.setattr(engine_module, "save_epoch", lambda *a, **kw: None)  # 150 checkpoints: a third of the time
+    train_affinity(
+        photos.root, "train", aff_cfg(**OVERFIT), label_dir=photos.root / "SegmentationClass", threads=2, **outputs
+    )
+    model, meta = load_affinitynet(tmp_path / "m.pt")
+    pairs = {"bg_pos": [], "fg_pos": [], "neg": []}
+    for image_id in photos.ids("train"):
+        found = labelled_pairs(model, meta["radius"], photos.load_image(image_id), photos.load_mask(image_id), "cpu")
+        for kind, values in found.items():
+            pairs[kind].append(values)
+    means = {kind: float(torch.cat(values).mean()) for kind, values in pairs.items()}
+    assert all(len(torch.cat(values)) > 100 for values in pairs.values())
+    assert means["bg_pos"] > 0.9 and means["fg_pos"] > 0.9 and means["neg"] < 0.1, means

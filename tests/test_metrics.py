@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from wsss_core.metrics import confusion_matrix, iou_from_confusion, miou, per_class_table
+from wsss_core.metrics import confusion_matrix, iou_from_confusion, miou, per_class_table, roc_auc
 
 VOID = 255
 
@@ -112,3 +112,13 @@ def test_nothing_to_evaluate_gives_nan():
     assert math.isnan(miou(conf))
     with pytest.raises(ValueError, match="2 class names"):
         per_class_table(conf, ["bg", "a"])
+
+
+def test_roc_auc_is_the_share_of_ordered_pairs_ties_counting_half():
+    pos, neg = np.array([0.9, 0.5, 0.5]), np.array([0.5, 0.1])
+    # pairs (pos > neg): 0.9 beats both; each 0.5 beats 0.1 and ties 0.5 -> (2 + 1.5 + 1.5) / 6
+    assert roc_auc(pos, neg) == pytest.approx(5 / 6)
+    assert roc_auc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 1.0
+    assert roc_auc(np.array([0.0]), np.array([1.0])) == 0.0
+    with pytest.raises(ValueError, match="0 negative"):
+        roc_auc(np.array([1.0]), np.array([]))

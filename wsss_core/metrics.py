@@ -88,3 +88,15 @@ def per_class_table(conf: np.ndarray, class_names: Sequence[str]) -> pd.DataFram
             "pred_pixels": pred_pixels.astype(np.int64),
         }
     )
+
+
+def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """ROC AUC of scores ``positive`` against ``negative``: the chance that a random positive scores above a
+    random negative (Mann-Whitney U, ties counted half)."""
+    from scipy.stats import rankdata
+
+    n_p, n_n = len(positive), len(negative)
+    if not (n_p and n_n):
+        raise ValueError(f"ROC AUC needs scores of both kinds, got {n_p} positive and {n_n} negative")
+    ranks = rankdata(np.concatenate([positive, negative]))
+    return float((ranks[:n_p].sum() - n_p * (n_p + 1) / 2) / (n_p * n_n))

@@ -23,19 +23,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import rankdata
 
 from wsss_core.cams.store import CAMReader
 from wsss_core.data.voc_layout import VOCDataset
+from wsss_core.metrics import roc_auc
 
 THRESHOLD = 0.3
-
-
-def auc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """ROC AUC of scores ``positive`` against ``negative`` (Mann-Whitney, ties counted half)."""
-    ranks = rankdata(np.concatenate([positive, negative]))
-    n_p, n_n = len(positive), len(negative)
-    return float((ranks[:n_p].sum() - n_p * (n_p + 1) / 2) / (n_p * n_n))
 
 
 def pair_figures(cams: np.ndarray, class_ids, mask: np.ndarray, rng, max_pixels: int) -> list[tuple]:
@@ -48,7 +41,7 @@ def pair_figures(cams: np.ndarray, class_ids, mask: np.ndarray, rng, max_pixels:
             continue
         sub_o = obj if len(obj) <= max_pixels else rng.choice(obj, max_pixels, replace=False)
         sub_b = bg if len(bg) <= max_pixels else rng.choice(bg, max_pixels, replace=False)
-        rows.append((obj.mean(), bg.mean(), (bg >= THRESHOLD).mean(), auc(sub_o, sub_b)))
+        rows.append((obj.mean(), bg.mean(), (bg >= THRESHOLD).mean(), roc_auc(sub_o, sub_b)))
     return rows
 
 

@@ -13,6 +13,12 @@ the script prints training seconds (the compute it used) and the best-threshold 
 single-round and multi-round CAM stores, computed exactly as rules infer_coattentive_cams and
 evaluate_cams compute them. Trained models are kept under ``--out`` and reused by a rerun with the same
 settings (delete the folder to retrain).
+
+To screen recipes on a whole training split without retraining its baseline, pass a workflow run's
+baseline: ``--images 100000 --baseline-model results/<run>/classifier/cam/model.pt --baseline-cams
+results/<run>/cams/cam.h5`` (with ``--images`` at least the split's size the chosen images are the whole
+split). ``--single-only`` scores the single-round store alone (infer_cams on the co-attention model,
+the same maps) and skips the multi-round pass.
 """
 
 from __future__ import annotations
@@ -89,6 +95,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the image choice")
     parser.add_argument("--candidate", action="append", required=True, help="NAME=YAML overrides of classifier")
     parser.add_argument("--out", type=Path, default=Path("/tmp/coattention_recipes"))
+    parser.add_argument("--baseline-model", type=Path, help="a trained baseline (cam) model: not trained here")
+    parser.add_argument("--baseline-cams", type=Path, help="that baseline's CAM store of the same split")
+    parser.add_argument("--single-only", action="store_true", help="skip the multi-round CAMs")
     args = parser.parse_args()
 
     config = load_config(REPO / "config.yaml", args.configfile, REPO / "config" / "schema.yaml")
@@ -98,10 +107,15 @@ def main() -> None:
     grid = cams["eval_thresholds"]
     plan = Plan(config)
 
-    base_cfg = plan.classifier_config("cam")
-    base_model, base_seconds = train("cam", base_cfg, root, split, args.out)
-    store = args.out / "cam" / "cams.h5"
-    infer_cams(root, split, base_model, store, scales=cams["scales"], batch_size=cams["batch_size"], threads=2)
+    if args.baseline_cams and not args.baseline_model:
+        parser.error("--baseline-cams needs --baseline-model (the model that made it)")
+    if args.baseline_model:
+        base_model, base_seconds = args.baseline_model, float("nan")
+    else:
+        base_model, base_seconds = train("cam", plan.classifier_config("cam"), root, split, args.out)
+    store = args.baseline_cams or args.out / "cam" / "cams.h5"
+    if not args.baseline_cams:
+        infer_cams(root, split, base_model, store, scales=cams["scales"], batch_size=cams["batch_size"], threads=2)
     rows = [("cam (baseline)", base_seconds, *best(store, root, split, grid), float("nan"), float("nan"))]
     print(f"baseline: {rows[0][2]:.2f} mIoU in {base_seconds:.0f} s", flush=True)
 
@@ -112,6 +126,11 @@ def main() -> None:
         warm = base_model if cfg["coattention"]["warm_start"] else None
         model, seconds = train(name, cfg, root, split, args.out, init_model=warm)
         single, multi = args.out / name / "single.h5", args.out / name / "multi.h5"
+        if args.single_only:
+            infer_cams(root, split, model, single, scales=cams["scales"], batch_size=cams["batch_size"], threads=2)
+            rows.append((name, seconds, *best(single, root, split, grid), float("nan"), float("nan")))
+            print(f"{name}: single {rows[-1][2]:.2f} in {seconds:.0f} s", flush=True)
+            continue
         coattentive_cams(
             root,
             split,

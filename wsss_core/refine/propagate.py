@@ -29,13 +29,13 @@ import torch.nn.functional as F
 
 from wsss_core.cams.infer import prepare
 from wsss_core.cams.store import CAMReader, CAMWriter, check_store_covers
-from wsss_core.data.voc_layout import VOCDataset, voc_palette
+from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset, voc_palette
 from wsss_core.devices import select_device
 from wsss_core.fileio import atomic_dir, file_sha256, save_label_png
 from wsss_core.models.affinitynet import load_affinitynet
 from wsss_core.parallel import fork_map_chunks
 from wsss_core.pseudo.labels import check_map_size
-from wsss_core.refine.random_walk import propagate_cams
+from wsss_core.refine.random_walk import grid_labels, pair_affinities, pair_indices, pair_labels, propagate_cams
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,25 @@ def embed_image(model, image: np.ndarray, device: torch.device) -> torch.Tensor:
     height, width = image.shape[:2]
     x = F.pad(x, (0, -width % stride, 0, -height % stride))  # 0 = the mean colour after normalisation
     return model(x)[0].float()
+
+
+@torch.no_grad()
+def labelled_pairs(
+    model, radius: int, image: np.ndarray, mask: np.ndarray, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Affinities of one photo's pairs within ``radius`` cells (those of training and of the walk; the model's
+    ``meta["radius"]``) sorted by a label map: ``{"bg_pos",
+    "fg_pos", "neg"}`` -> 1-D tensors (both ends background, the same class, different labels), each cell
+    labelled by ``mask``'s pixel at its centre; cells on void (255) or on the padding are in none."""
+    stride = model.backbone.stride
+    embedding = embed_image(model, image, device)
+    h, w = embedding.shape[1:]
+    labels = torch.from_numpy(np.asarray(mask, np.int64)).to(device)
+    labels = F.pad(labels, (0, w * stride - labels.shape[1], 0, h * stride - labels.shape[0]), value=IGNORE_INDEX)
+    ind_from, ind_to = pair_indices(h, w, radius)
+    kinds = pair_labels(grid_labels(labels[None], stride), ind_from.to(device), ind_to.to(device))
+    aff = pair_affinities(embedding[None], radius)
+    return {name: aff[kind].cpu() for name, kind in zip(("bg_pos", "fg_pos", "neg"), kinds)}
 
 
 def _walk_images(

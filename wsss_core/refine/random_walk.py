@@ -85,6 +85,12 @@ def pair_affinities(embedding: torch.Tensor, radius: int) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
+def grid_labels(labels: torch.Tensor, stride: int) -> torch.Tensor:
+    """(B, H, W) pixel labels -> (B, ceil(H / stride), ceil(W / stride)): the label at each cell's centre pixel
+    (for H, W multiples of ``stride``, as training crops and padded images are)."""
+    return labels[:, stride // 2 :: stride, stride // 2 :: stride]
+
+
 def pair_labels(labels: torch.Tensor, ind_from: torch.Tensor, ind_to: torch.Tensor):
     """(bg_pos, fg_pos, neg) bool (B, P) from (B, H, W) grid labels: both background, same foreground
     class, different labels. Pairs with a void (255) end are in none of the three."""

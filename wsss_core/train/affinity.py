@@ -24,18 +24,18 @@ import torch
 from wsss_core.data.joint_transforms import JointAugment
 from wsss_core.data.voc_layout import VOCDataset
 from wsss_core.models.affinitynet import build_affinitynet
-from wsss_core.refine.random_walk import affinity_loss, displacements, pair_affinities, pair_indices
+from wsss_core.refine.random_walk import (
+    affinity_loss,
+    displacements,
+    grid_labels,
+    pair_affinities,
+    pair_indices,
+)
 from wsss_core.train.engine import Engine, Objective
 from wsss_core.train.segmentation import LabelledPixels, label_fingerprint
 
-
-def grid_labels(labels: torch.Tensor, stride: int) -> torch.Tensor:
-    """(B, S, S) pixel labels -> (B, S / stride, S / stride): the label at each cell's centre pixel."""
-    return labels[:, stride // 2 :: stride, stride // 2 :: stride]
-
-
 CONFIG_KEYS = tuple(
-    "backbone weights weights_dir output_stride frozen_bn radius epochs batch_size lr new_layer_lr_mult "
+    "backbone weights weights_dir output_stride frozen_bn radius epochs batch_size optimizer lr new_layer_lr_mult "
     "momentum weight_decay poly_power crop_size scale_range flip color_jitter num_workers seed amp "
     "amp_dtype channels_last".split()
 )
