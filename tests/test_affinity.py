@@ -15,7 +15,7 @@ from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset, voc_palette
 from wsss_core.fileio import save_label_png
 from wsss_core.models.affinitynet import EMBED_CHANNELS, build_affinitynet, load_affinitynet
 from wsss_core.refine.affinity_labels import alpha_labels, confident_labels, make_affinity_labels
-from wsss_core.refine.propagate import embed_image, labelled_pairs, propagate_split
+from wsss_core.refine.propagate import embed_image, pair_separation, propagate_split
 from wsss_core.refine.random_walk import propagate_cams
 from wsss_core.train import checkpoint as checkpoint_module
 from wsss_core.train import engine as engine_module
@@ -324,11 +324,6 @@ def test_affinitynet_learns_to_tell_the_pairs_of_sixteen_photos_apart(tmp_path, 
         photos.root, "train", aff_cfg(**OVERFIT), label_dir=photos.root / "SegmentationClass", threads=2, **outputs
     )
     model, meta = load_affinitynet(tmp_path / "m.pt")
-    pairs = {"bg_pos": [], "fg_pos": [], "neg": []}
-    for image_id in photos.ids("train"):
-        found = labelled_pairs(model, meta["radius"], photos.load_image(image_id), photos.load_mask(image_id), "cpu")
-        for kind, values in found.items():
-            pairs[kind].append(values)
-    means = {kind: float(torch.cat(values).mean()) for kind, values in pairs.items()}
-    assert all(len(torch.cat(values)) > 100 for values in pairs.values())
+    means = pair_separation(model, meta["radius"], photos, photos.ids("train"), "cpu")
+    assert all(count > 100 for count in means["counts"])
     assert means["bg_pos"] > 0.9 and means["fg_pos"] > 0.9 and means["neg"] < 0.1, means

@@ -22,15 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
 from wsss_core.config_checks import load_config, merged
 from wsss_core.data.subset import resized_subset
-from wsss_core.metrics import roc_auc
 from wsss_core.models.affinitynet import load_affinitynet
-from wsss_core.refine.propagate import labelled_pairs
+from wsss_core.refine.propagate import pair_separation
 from wsss_core.train.affinity import CONFIG_KEYS, train_affinity
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,17 +79,9 @@ def main() -> None:
             with open(out / "history.csv") as f:
                 history = list(csv.DictReader(f))
             model, meta = load_affinitynet(out / "model.pt")
-            pairs = {"bg_pos": [], "fg_pos": [], "neg": []}
-            for image_id in photos.ids("train"):
-                found = labelled_pairs(
-                    model, meta["radius"], photos.load_image(image_id), photos.load_mask(image_id), "cpu"
-                )
-                for kind, values in found.items():
-                    pairs[kind].append(values.numpy())
-            pairs = {kind: np.concatenate(v) for kind, v in pairs.items()}
-            same = np.concatenate([pairs["bg_pos"], pairs["fg_pos"]])
-            means = {kind: float(v.mean()) for kind, v in pairs.items()}
-            rows.append((name, cfg, seconds, history, means, roc_auc(same, pairs["neg"])))
+            figures = pair_separation(model, meta["radius"], photos, photos.ids("train"), "cpu")
+            means = {kind: figures[kind] for kind in ("bg_pos", "fg_pos", "neg")}
+            rows.append((name, cfg, seconds, history, means, figures["auc"]))
             print(f"{name}: {means} in {seconds:.0f} s", flush=True)
 
     print(f"\n{args.photos} photos of {args.root} at {args.size} px, fixed inputs, {args.epochs} epochs each")

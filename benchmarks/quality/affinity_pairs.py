@@ -18,29 +18,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from wsss_core.data.voc_layout import VOCDataset
 from wsss_core.devices import select_device
-from wsss_core.metrics import roc_auc
 from wsss_core.models.affinitynet import load_affinitynet
-from wsss_core.refine.propagate import labelled_pairs
-
-KINDS = ("bg_pos", "fg_pos", "neg")
-
-
-def figures(pairs: dict, rng, max_pairs: int) -> dict:
-    """Mean affinity per kind of pair, the share of different-label pairs at or above 0.5 and the AUC."""
-    same = np.concatenate([pairs["bg_pos"], pairs["fg_pos"]])
-    diff = pairs["neg"]
-    sub = [a if len(a) <= max_pairs else rng.choice(a, max_pairs, replace=False) for a in (same, diff)]
-    return {
-        **{kind: float(pairs[kind].mean()) for kind in KINDS},
-        "counts": [len(pairs[kind]) for kind in KINDS],
-        "neg_high": float((diff >= 0.5).mean()),
-        "auc": roc_auc(*sub),
-    }
+from wsss_core.refine.propagate import pair_separation
 
 
 def main() -> None:
@@ -64,13 +47,8 @@ def main() -> None:
         if not path:
             parser.error(f"--model {spec!r}: expected NAME=PATH")
         model, meta = load_affinitynet(path, device)
-        collected = {kind: [] for kind in KINDS}
-        for image_id in ids:
-            found = labelled_pairs(model, meta["radius"], ds.load_image(image_id), ds.load_mask(image_id), device)
-            for kind, values in found.items():
-                collected[kind].append(values.numpy())
-        pairs = {kind: np.concatenate(v) for kind, v in collected.items()}
-        rows.append((name, meta["stride"], meta["radius"], figures(pairs, np.random.default_rng(0), args.max_pairs)))
+        figures = pair_separation(model, meta["radius"], ds, ids, device, max_pairs=args.max_pairs)
+        rows.append((name, meta["stride"], meta["radius"], figures))
 
     print(f"{len(ids)} images of {args.root} ({args.split}); pairs labelled by the GT mask at cell centres")
     print(

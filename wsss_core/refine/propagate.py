@@ -32,6 +32,7 @@ from wsss_core.cams.store import CAMReader, CAMWriter, check_store_covers
 from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset, voc_palette
 from wsss_core.devices import select_device
 from wsss_core.fileio import atomic_dir, file_sha256, save_label_png
+from wsss_core.metrics import roc_auc
 from wsss_core.models.affinitynet import load_affinitynet
 from wsss_core.parallel import fork_map_chunks
 from wsss_core.pseudo.labels import check_map_size
@@ -55,8 +56,7 @@ def labelled_pairs(
     model, radius: int, image: np.ndarray, mask: np.ndarray, device: torch.device
 ) -> dict[str, torch.Tensor]:
     """Affinities of one photo's pairs within ``radius`` cells (those of training and of the walk; the model's
-    ``meta["radius"]``) sorted by a label map: ``{"bg_pos",
-    "fg_pos", "neg"}`` -> 1-D tensors (both ends background, the same class, different labels), each cell
+    ``meta["radius"]``) sorted by a label map: ``{"bg_pos", "fg_pos", "neg"}`` -> 1-D tensors (both ends background, the same class, different labels), each cell
     labelled by ``mask``'s pixel at its centre; cells on void (255) or on the padding are in none."""
     stride = model.backbone.stride
     embedding = embed_image(model, image, device)
@@ -67,6 +67,27 @@ def labelled_pairs(
     kinds = pair_labels(grid_labels(labels[None], stride), ind_from.to(device), ind_to.to(device))
     aff = pair_affinities(embedding[None], radius)
     return {name: aff[kind].cpu() for name, kind in zip(("bg_pos", "fg_pos", "neg"), kinds)}
+
+
+def pair_separation(
+    model, radius: int, dataset: VOCDataset, ids, device, *, max_pairs: int = 300_000, seed: int = 0
+) -> dict:
+    """How well the affinities of photos ``ids`` (with masks) follow their labels (:func:`labelled_pairs`):
+    mean affinity per kind of pair (``bg_pos``, ``fg_pos``, ``neg``), their ``counts``, ``neg_high`` (the
+    share of different-label pairs at or above 0.5) and ``auc``, the ROC AUC of same-label against
+    different-label pairs (on at most ``max_pairs`` of each, a seeded sample)."""
+    kinds = ("bg_pos", "fg_pos", "neg")
+    found = [labelled_pairs(model, radius, dataset.load_image(i), dataset.load_mask(i), device) for i in ids]
+    pairs = {kind: torch.cat([f[kind] for f in found]).numpy() for kind in kinds}
+    same, diff = np.concatenate([pairs["bg_pos"], pairs["fg_pos"]]), pairs["neg"]
+    rng = np.random.default_rng(seed)
+    sample = [a if len(a) <= max_pairs else rng.choice(a, max_pairs, replace=False) for a in (same, diff)]
+    return {
+        **{kind: float(pairs[kind].mean()) for kind in kinds},
+        "counts": [len(pairs[kind]) for kind in kinds],
+        "neg_high": float((diff >= 0.5).mean()),
+        "auc": roc_auc(*sample),
+    }
 
 
 def _walk_images(
