@@ -1,17 +1,18 @@
 # AffinityNet stage (PSA): confident labels from the main CAMs -> affinity network -> random walk.
-# Its outputs: the random_walk pseudo labels and a refined CAM store (RW_CAMS) that evaluate_cams
-# scores and the random_walk_saliency recipe reads.
+# Its output: a refined CAM store (RW_CAMS) that evaluate_cams scores and the random_walk and
+# random_walk_saliency recipes (pseudo_labels.smk) read.
 
 AFF = config["affinity"]
 AFF_DIR = RESULTS / "affinity" / MAIN_CAMS
 LABEL_KEYS = ("low_alpha", "high_alpha")
-WALK_KEYS = ("beta", "logt", "alpha")
+WALK_KEYS = ("beta", "logt")
 
 
 rule affinity_labels:
     """Confident foreground (strong background, low alpha) and background (weak background, high alpha)
-    from the CAMs, each CRF-refined; the rest 255."""
+    from the CAMs, each CRF-refined, kept where the saliency map agrees (affinity.saliency_gate); the rest 255."""
     input:
+        unpack(lambda w: {} if AFF["saliency_gate"] is None else {"saliency": SALIENCY_H5}),
         cams=cam_store(MAIN_CAMS),
         root=dataset_root(),
         dataset=dataset_parts("train_labels", "train_images"),
@@ -32,6 +33,7 @@ rule affinity_labels:
         split=CAM_SPLIT,
         alphas=section(AFF, keep=LABEL_KEYS),
         crf=config["crf"] if AFF["crf"] else None,
+        saliency_gate=AFF["saliency_gate"],
     script:
         "../workflow_scripts/affinity_labels.py"
 
@@ -63,7 +65,7 @@ rule train_affinity:
         runtime=720,
     params:
         split=CAM_SPLIT,
-        cfg=section(AFF, drop=(*LABEL_KEYS, "crf", *WALK_KEYS)),
+        cfg=section(AFF, drop=(*LABEL_KEYS, "crf", "saliency_gate", "threshold", *WALK_KEYS)),
         # not an output: survives a kill so that --rerun-incomplete resumes training
         checkpoint_dir=AFF_DIR / "checkpoints",
     script:
@@ -71,7 +73,7 @@ rule train_affinity:
 
 
 rule random_walk:
-    """CAMs (+ a (1 - max)^alpha background) walked over the affinity graph: argmax labels and refined CAMs."""
+    """CAMs walked over the affinity graph: a store of refined CAMs."""
     input:
         cams=cam_store(MAIN_CAMS),
         model=rules.train_affinity.output.model,
@@ -79,7 +81,6 @@ rule random_walk:
         dataset=dataset_parts("train_labels", "train_images"),
         code=code("refine/propagate.py"),
     output:
-        labels=directory(RESULTS / "pseudo_labels" / MAIN_CAMS / "random_walk" / CAM_SPLIT),
         cams=cam_store(RW_CAMS),
     log:
         LOGS / "affinity" / f"random_walk_{MAIN_CAMS}.log",

@@ -1,6 +1,6 @@
 # Pseudo-label stage: CAMs -> label maps with 255 where unsure, by the recipes of config pseudo_labels.
-# {recipe}: confident | saliency | random_walk | random_walk_saliency; the random_walk labels
-# themselves are written by rule random_walk (affinity.smk).
+# {recipe}: confident | saliency | random_walk | random_walk_saliency | saliency_only; random_walk is
+# the confident rule applied to the CAMs walked by rule random_walk (affinity.smk).
 
 PSEUDO_DIR = RESULTS / "pseudo_labels" / MAIN_CAMS
 
@@ -10,19 +10,22 @@ wildcard_constraints:
 
 
 rule make_pseudo_labels:
-    """Confident foreground / background from the CAMs, refined by dense CRF; palette PNGs."""
+    """Confident foreground / background from the CAMs (confident) or from the walked CAMs (random_walk, IRN's
+    labels), refined by dense CRF; palette PNGs."""
     input:
-        cams=cam_store(MAIN_CAMS),
-        best=expand(rules.evaluate_cams.output.best, cams=MAIN_CAMS)[0],
+        cams=lambda w: recipe_cams(w.recipe),
+        best=lambda w: expand(rules.evaluate_cams.output.best, cams=PLAN.recipe_cams(w.recipe))[0],
         root=dataset_root(),
         dataset=dataset_parts("train_labels", "train_images"),
         code=code("pseudo/labels.py"),
     output:
-        directory(PSEUDO_DIR / "confident" / CAM_SPLIT),
+        directory(PSEUDO_DIR / "{recipe}" / CAM_SPLIT),
     log:
-        LOGS / "pseudo_labels" / f"make_{MAIN_CAMS}_confident.log",
+        LOGS / "pseudo_labels" / f"make_{MAIN_CAMS}_{{recipe}}.log",
     benchmark:
-        BENCH / "pseudo_labels" / f"make_{MAIN_CAMS}_confident.tsv"
+        BENCH / "pseudo_labels" / f"make_{MAIN_CAMS}_{{recipe}}.tsv"
+    wildcard_constraints:
+        recipe="confident|random_walk",
     conda:
         "../envs/wsss.yaml"
     # one process per thread: dense CRF is single-threaded
@@ -32,7 +35,11 @@ rule make_pseudo_labels:
         runtime=120,
     params:
         split=CAM_SPLIT,
-        pseudo=section(PSEUDO, keep=("threshold", "fg_margin", "bg_margin")),
+        # random_walk: the walked maps' own threshold (affinity.threshold), as IRN's labels
+        pseudo=lambda w: {
+            **section(PSEUDO, keep=("fg_margin", "bg_margin")),
+            "threshold": AFF["threshold"] if w.recipe == "random_walk" else PSEUDO["threshold"],
+        },
         crf=config["crf"] if PSEUDO["crf"] else None,
     script:
         "../workflow_scripts/make_pseudo_labels.py"

@@ -14,6 +14,7 @@ from wsss_core.data.subset import resized_subset
 from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset, voc_palette
 from wsss_core.fileio import save_label_png
 from wsss_core.models.affinitynet import EMBED_CHANNELS, build_affinitynet, load_affinitynet
+from wsss_core.pseudo.saliency_store import SaliencyWriter
 from wsss_core.refine.affinity_labels import alpha_labels, confident_labels, make_affinity_labels
 from wsss_core.refine.propagate import embed_image, pair_separation, propagate_split
 from wsss_core.refine.random_walk import propagate_cams
@@ -191,6 +192,49 @@ def test_label_folder_matches_the_rule_and_workers(setup, tmp_path):
         assert (folders[1] / f"{image_id}.png").read_bytes() == (folders[2] / f"{image_id}.png").read_bytes()
 
 
+def test_saliency_gate_keeps_a_label_only_where_the_saliency_map_agrees(setup, tmp_path):
+    rng = np.random.default_rng(3)
+    cams = rng.choice(VALUES, (2, 15, 17)).astype(np.float32)
+    image = rng.integers(0, 256, (15, 17, 3), dtype=np.uint8)
+    saliency = rng.random((15, 17)).astype(np.float32)
+    plain = confident_labels(image, cams, [2, 4], crf=None)
+    gated = confident_labels(image, cams, [2, 4], crf=None, saliency_gate=0.4, saliency=saliency)
+    salient, fg = saliency > 0.4, (plain != 0) & (plain != IGNORE_INDEX)
+    expected = np.where((fg & salient) | ((plain == 0) & ~salient), plain, IGNORE_INDEX)
+    np.testing.assert_array_equal(gated, expected)
+    assert {0, 2, 4} <= set(np.unique(gated)) and (gated == IGNORE_INDEX).sum() > (plain == IGNORE_INDEX).sum()
+    # an image without classes is background everywhere, salient or not
+    none = confident_labels(image, cams[:0], [], crf=None, saliency_gate=0.4, saliency=saliency)
+    assert (none == 0).all()
+    for gate in (0, 1, 1.5):
+        with pytest.raises(ValueError, match="affinity.saliency_gate"):
+            confident_labels(image, cams, [2, 4], crf=None, saliency_gate=gate, saliency=saliency)
+    with pytest.raises(ValueError, match="saliency map of shape"):
+        confident_labels(image, cams, [2, 4], crf=None, saliency_gate=0.4, saliency=saliency[:5])
+
+    # over a split: the saliency store is read per image, and the folder matches the rule
+    dataset, ids, store = setup["dataset"], setup["ids"], setup["store"]
+    maps = {i: rng.random(dataset.load_image(i).shape[:2]).astype(np.float32) for i in ids}
+    with SaliencyWriter(tmp_path / "sal.h5", source="test") as writer:
+        for image_id, sal in maps.items():
+            writer.write(image_id, sal)
+    record = make_affinity_labels(
+        store, dataset.root, "val", tmp_path / "gated", crf=None, saliency_gate=0.5, saliency_h5=tmp_path / "sal.h5"
+    )
+    assert record["images"] == len(ids) and record["saliency_gate"] == 0.5
+    with CAMReader(store) as reader:
+        for image_id in ids:
+            cams, class_ids = reader.read(image_id)
+            stored = np.rint(maps[image_id] * 255).astype(np.uint8).astype(np.float32) / 255.0  # 8 bits stored
+            want = confident_labels(
+                dataset.load_image(image_id), cams, class_ids, crf=None, saliency_gate=0.5, saliency=stored
+            )
+            np.testing.assert_array_equal(read_png(tmp_path / "gated" / f"{image_id}.png")[2], want)
+    with pytest.raises(ValueError, match="go together"):
+        make_affinity_labels(store, dataset.root, "val", tmp_path / "no_store", crf=None, saliency_gate=0.5)
+    assert not (tmp_path / "no_store").exists()
+
+
 def test_training_lowers_the_loss_and_resumes_to_the_same_weights(setup, monkeypatch):
     rows = setup["out_history_csv"].read_text().splitlines()
     assert rows[0] == "epoch,loss,loss_bg_pos,loss_fg_pos,loss_neg,lr,seconds" and len(rows) == 3
@@ -281,6 +325,13 @@ def test_propagation_writes_a_cam_store_and_label_pngs(setup, tmp_path):
             png = f"{image_id}.png"
             assert (tmp_path / "rw1" / png).read_bytes() == (tmp_path / "rw2" / png).read_bytes()
     assert not list(tmp_path.glob(".rw2*"))  # no part stores or temp folders left
+
+    # the workflow's call: the store only, no PSA label PNGs
+    propagate_split(store, dataset.root, "val", model_path, None, tmp_path / "rw3.h5", workers=2)
+    with CAMReader(tmp_path / "rw1.h5") as one, CAMReader(tmp_path / "rw3.h5") as three:
+        for image_id in ids:
+            np.testing.assert_array_equal(one.read(image_id)[0], three.read(image_id)[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rw1", "rw1.h5", "rw2", "rw2.h5", "rw3.h5"]
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -81,6 +81,7 @@ def test_reserved_data_names_and_a_dataset_inside_the_outputs(tmp_path):
         ({"classifier": {"lr_policy": "step", "lr_decay_epochs": [10, 5]}}, "classifier.lr_decay_epochs"),
         ({"pseudo_labels": {"threshold": 0.98, "fg_margin": 0.05}}, "pseudo_labels.fg_margin"),
         ({"pseudo_labels": {"threshold": 0.02, "bg_margin": 0.05}}, "pseudo_labels.bg_margin"),
+        ({"affinity": {"threshold": 0.97}}, "pseudo_labels.fg_margin"),
         ({"demo": {"n_images": 8, "val_fraction": 0.01}}, "demo.val_fraction"),
         ({"classifier": {"method": "coattention"}, "cams": {"scales": [0.5, 1.5]}}, "cams.scales"),
         ({"cams": {"label_source": "multiround", "multiround": False}}, "cams.label_source"),

@@ -52,6 +52,7 @@ def test_the_tiny_config_plans_every_store_recipe_and_network():
     assert [plan.run_recipe(r) for r in plan.seg_runs] == ["confident", "saliency_only", None]
     assert plan.recipe_cams("saliency") == "coattention_multiround"
     assert plan.recipe_cams("random_walk_saliency") == "coattention_multiround_random_walk"
+    assert plan.recipe_cams("random_walk") == "coattention_multiround_random_walk"
     assert plan.recipe_cams("saliency_only") is None
 
 

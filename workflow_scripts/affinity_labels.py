@@ -11,6 +11,8 @@ with logged(snakemake.log[0]):
         snakemake.output[0],
         **snakemake.params.alphas,
         crf=snakemake.params.crf,
+        saliency_gate=snakemake.params.saliency_gate,
+        saliency_h5=snakemake.input.get("saliency"),
         workers=snakemake.threads,
     )
     print(summary)

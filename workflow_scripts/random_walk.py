@@ -1,4 +1,4 @@
-"""Rule random_walk: walk the CAMs over AffinityNet's affinities; labels + refined CAM store."""
+"""Rule random_walk: walk the CAMs over AffinityNet's affinities into a refined CAM store."""
 
 from wsss_core.refine.propagate import propagate_split
 from wsss_core.workflow import gpu_job, logged
@@ -9,7 +9,7 @@ with logged(snakemake.log[0]), gpu_job(snakemake):
         snakemake.input.root,
         snakemake.params.split,
         snakemake.input.model,
-        snakemake.output.labels,
+        None,  # no PSA label PNGs: rule make_pseudo_labels labels the walked store
         snakemake.output.cams,
         **snakemake.params.walk,
         # one process per thread (the sparse walk is single-threaded work per image)

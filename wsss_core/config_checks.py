@@ -196,16 +196,21 @@ def relation_problems(cfg: dict) -> list[str]:
         )
 
     pseudo = cfg.get("pseudo_labels", {})
-    threshold = pseudo.get("threshold")
-    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+    # the confident recipe's threshold and the random_walk labels' (same margins)
+    for key, threshold in (
+        ("pseudo_labels.threshold", pseudo.get("threshold")),
+        ("affinity.threshold", cfg.get("affinity", {}).get("threshold")),
+    ):
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
+            continue
         if threshold + pseudo["fg_margin"] >= 1:
             problems.append(
-                f"config key pseudo_labels.fg_margin: threshold {threshold} + fg_margin "
+                f"config key pseudo_labels.fg_margin: {key} {threshold} + fg_margin "
                 f"{pseudo['fg_margin']} >= 1 leaves no CAM value confident foreground"
             )
         if threshold - pseudo["bg_margin"] < 0:
             problems.append(
-                f"config key pseudo_labels.bg_margin: threshold {threshold} - bg_margin "
+                f"config key pseudo_labels.bg_margin: {key} {threshold} - bg_margin "
                 f"{pseudo['bg_margin']} < 0 leaves no CAM value confident background"
             )
 

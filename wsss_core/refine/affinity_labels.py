@@ -13,6 +13,13 @@ Everything else is void (255), and AffinityNet learns nothing from pairs that to
 Without CRF the two zones cannot overlap; after CRF they can, and there, as in PSA's
 ``ExtractAffinityLabelInRadius``, the confident background wins.
 
+With a ``saliency_gate`` (a threshold on a class-agnostic saliency map in [0, 1]), a pixel keeps
+its label only where the saliency map agrees: confident foreground only where saliency is above
+the gate, confident background only where it is not; the rest becomes void. PSA's zones assume
+CAMs whose confident foreground lies on the objects; CAMs that spread far into the background
+(voc_coseg's: 2 of 3 confident-foreground pixels are background in the masks) would teach the
+network that object and background belong together, and the gate removes those pixels.
+
 Writes one palette PNG per image of a split into a folder that appears only when every
 image is done (the CRF is slow, so this runs once, over forked workers, before training).
 """
@@ -67,19 +74,36 @@ def confident_labels(
     low_alpha: float = 4,
     high_alpha: float = 32,
     crf: dict | None,
+    saliency_gate: float | None = None,
+    saliency: np.ndarray | None = None,
 ) -> np.ndarray:
     """(H, W) uint8: class ids where confident foreground, 0 where confident background, 255 between.
 
     ``cams`` (K, H, W) in [0, 1] for the K ``class_ids``; ``image`` (H, W, 3) uint8 (CRF only);
-    ``crf``: CRF params (see :mod:`wsss_core.pseudo.crf`) or None for none.
+    ``crf``: CRF params (see :mod:`wsss_core.pseudo.crf`) or None for none. ``saliency_gate``: None, or
+    a threshold in (0, 1) on ``saliency`` (H, W) in [0, 1]: foreground kept where saliency > gate,
+    background where saliency <= gate.
     """
     check_alphas(low_alpha, high_alpha)
+    check_gate(saliency_gate)
     cams, class_ids = image_cams("affinity labels", image, cams, class_ids)
     fg = alpha_labels(image, cams, class_ids, alpha=low_alpha, crf=crf)
     bg = alpha_labels(image, cams, class_ids, alpha=high_alpha, crf=crf)
     out = np.where(fg == 0, np.uint8(IGNORE_INDEX), fg)
     out[bg == 0] = 0
+    if saliency_gate is not None and len(class_ids):  # no class: salient regions are background too
+        if saliency is None or saliency.shape != out.shape:
+            got = None if saliency is None else saliency.shape
+            raise ValueError(f"affinity labels: saliency_gate needs a saliency map of shape {out.shape}, got {got}")
+        salient = saliency > saliency_gate
+        out[(out == 0) & salient] = IGNORE_INDEX
+        out[(out != 0) & (out != IGNORE_INDEX) & ~salient] = IGNORE_INDEX
     return out
+
+
+def check_gate(saliency_gate: float | None) -> None:
+    if saliency_gate is not None and not (0 < saliency_gate < 1):
+        raise ValueError(f"affinity.saliency_gate: need null or a number in (0, 1), got {saliency_gate!r}")
 
 
 def make_affinity_labels(
@@ -91,22 +115,35 @@ def make_affinity_labels(
     low_alpha: float = 4,
     high_alpha: float = 32,
     crf: dict | None,
+    saliency_gate: float | None = None,
+    saliency_h5: str | os.PathLike | None = None,
     workers: int = 1,
 ) -> dict:
     """Write ``<out_dir>/<id>.png`` (VOC palette, 255 = void) for every image of ``split``.
 
     The dataset loop is :func:`wsss_core.pseudo.labels.write_label_folder` (store checks naming
-    the file, atomic folder, forked ``workers``). Returns ``{"images", "all_void_images",
-    "low_alpha", "high_alpha", "crf", "seconds"}``.
+    the file, atomic folder, forked ``workers``). ``saliency_gate`` needs the saliency store
+    ``saliency_h5`` (:func:`wsss_core.pseudo.saliency.make_saliency`). Returns ``{"images",
+    "all_void_images", "low_alpha", "high_alpha", "crf", "saliency_gate", "seconds"}``.
     """
     start = time.perf_counter()
     check_alphas(low_alpha, high_alpha)
-    label_fn = partial(confident_labels, low_alpha=low_alpha, high_alpha=high_alpha, crf=crf)
-    done = write_label_folder(cam_h5, dataset_root, split, out_dir, label_fn=label_fn, workers=workers)
+    check_gate(saliency_gate)
+    if (saliency_gate is None) != (saliency_h5 is None):
+        raise ValueError(
+            f"affinity labels: saliency_gate ({saliency_gate!r}) and a saliency store ({saliency_h5!r}) go together"
+        )
+    label_fn = partial(
+        confident_labels, low_alpha=low_alpha, high_alpha=high_alpha, crf=crf, saliency_gate=saliency_gate
+    )
+    done = write_label_folder(
+        cam_h5, dataset_root, split, out_dir, label_fn=label_fn, workers=workers, saliency_h5=saliency_h5
+    )
     return {
         **done,
         "low_alpha": float(low_alpha),
         "high_alpha": float(high_alpha),
         "crf": crf is not None,
+        "saliency_gate": saliency_gate,
         "seconds": round(time.perf_counter() - start, 3),
     }

@@ -4,10 +4,11 @@ Per image: embed the image (zero-padded after normalisation to a multiple of the
 i.e. padded with the mean colour, as the training crops are), random-walk the CAM store's
 maps on the embedding's grid (:func:`wsss_core.refine.random_walk.propagate_cams`), and write
 
-* ``<out_dir>/<id>.png``: the walked label map (VOC palette; 0 background, class ids), PSA's output;
 * ``out_h5``: a CAM store of the walked foreground maps at image resolution, each divided by
   its maximum, so the CAM evaluation (threshold sweep) and the pseudo-label rules take them
-  exactly as they take CAMs.
+  exactly as they take CAMs (the workflow's random_walk labels: IRN's threshold on them);
+* optionally ``<out_dir>/<id>.png``: PSA's label map, the argmax of the walked
+  [(1 - max CAM)^alpha, CAMs] (VOC palette; 0 background, class ids).
 
 Both appear only when every image is done. ``workers > 1`` forks CPU processes, each with its
 own model and HDF5 handles, writing its chunk to a part store that is then merged in split
@@ -16,6 +17,7 @@ order, so the result does not depend on ``workers``. On CUDA one process does al
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -96,7 +98,7 @@ def _walk_images(
     model_path: str,
     ids: list[str],
     *,
-    out_dir: str,
+    out_dir: str | None,
     part_h5: str | None,
     part_dir: str | None,
     store: dict,
@@ -104,7 +106,7 @@ def _walk_images(
     device: str,
     threads: int,
 ) -> str:
-    """Walk ``ids`` into PNGs in ``out_dir`` and a CAM store ``part_h5`` (default ``<part_dir>/<first id>.h5``);
+    """Walk ``ids`` into PNGs in ``out_dir`` (None: none) and a CAM store ``part_h5`` (default ``<part_dir>/<first id>.h5``);
     model and HDF5 handles are this process's own. Returns the store's path."""
     part_h5 = part_h5 or str(Path(part_dir) / f"{ids[0]}.h5")
     torch.set_num_threads(max(1, threads))
@@ -120,7 +122,8 @@ def _walk_images(
             labels, walked = propagate_cams(
                 embedding, torch.from_numpy(cams), class_ids, stride=meta["stride"], radius=meta["radius"], **walk
             )
-            save_label_png(Path(out_dir) / f"{image_id}.png", labels, palette)
+            if out_dir is not None:
+                save_label_png(Path(out_dir) / f"{image_id}.png", labels, palette)
             writer.write(image_id, walked, class_ids)
     return part_h5
 
@@ -139,7 +142,7 @@ def propagate_split(
     dataset_root: str | os.PathLike,
     split: str,
     model_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None,
     out_h5: str | os.PathLike,
     *,
     beta: float = 8,
@@ -152,7 +155,7 @@ def propagate_split(
     """Random-walk the CAMs of every image of ``split`` with the AffinityNet ``model_path``.
 
     ``beta``: affinity exponent; ``logt``: 2^logt walk steps; ``alpha``: background score exponent
-    (only the label PNGs depend on it). Returns ``{"images", "beta", "logt", "alpha", "radius", "seconds"}``.
+    (only the label PNGs depend on it; ``out_dir`` None writes none). Returns ``{"images", "beta", "logt", "alpha", "radius", "seconds"}``.
     """
     start = time.perf_counter()
     if not (beta > 0 and alpha > 0 and isinstance(logt, int) and 0 <= logt <= 16):
@@ -205,12 +208,13 @@ def propagate_split(
         device=str(device),
         threads=threads,
     )
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) if out_dir is not None else contextlib.nullcontext() as tmp:
+        png_dir = None if tmp is None else str(tmp)
         if workers == 1 or len(ids) < 2:
-            task(ids, out_dir=str(tmp), part_h5=str(out_h5), part_dir=None)
+            task(ids, out_dir=png_dir, part_h5=str(out_h5), part_dir=None)
         else:
             with tempfile.TemporaryDirectory(prefix=f".{out_h5.name}.parts-", dir=out_h5.parent) as parts:
-                chunk_task = partial(task, out_dir=str(tmp), part_h5=None, part_dir=parts)
+                chunk_task = partial(task, out_dir=png_dir, part_h5=None, part_dir=parts)
                 _merge(fork_map_chunks(chunk_task, ids, workers), out_h5, dataset.classes, store)
     log.info("random walk of %d images of '%s' -> %s, %s", len(ids), split, out_dir, out_h5)
     return {"images": len(ids), **walk, "radius": meta["radius"], "seconds": round(time.perf_counter() - start, 3)}
