@@ -137,7 +137,10 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     # (the tiny run's CAMs are barely trained: the best threshold may be 0 and leave no pixel unsure)
     pseudo, seg = table[table["stage"] == "pseudo_labels"], table[table["stage"] == "segmentation"]
     assert ((0 <= pseudo["coverage"]) & (pseudo["coverage"] <= 100)).all() and (seg["coverage"] == 100).all()
-    assert pseudo["coverage"].iloc[2] == 100  # the random walk labels every pixel
+    # the random_walk labels: the confident rule on the walked store, at that store's own best threshold
+    walked_best = json.loads((results / "cams" / f"{main}_random_walk" / "eval" / "best_threshold.json").read_text())
+    made = (results / "logs" / "pseudo_labels" / f"make_{main}_random_walk.log").read_text()
+    assert f"'threshold': {float(walked_best['threshold'])}," in made, made
     assert seg["pct_of_fully_supervised"].iloc[-1] == 100
     assert seg["pct_of_fully_supervised"].iloc[0] == pytest.approx(
         100 * seg["mIoU"].iloc[0] / seg["mIoU"].iloc[-1], abs=0.1
@@ -168,7 +171,9 @@ def test_tiny_demo_runs_for_real_and_only_stale_stages_rerun(tmp_path):
     with open(repo / "wsss_core" / "train" / "segmentation.py", "a") as f:
         f.write("# edited\n")
     out = run_snakemake(tmp_path, "-n", *TINY, repo=repo).stdout
-    assert "make_pseudo_labels" not in out and "infer_" not in out
+    # (AffinityNet's trainer imports it too, so the walk and the labels made from the walked CAMs rerun)
+    stale_recipes = set(re.findall(r"wildcards: recipe=(\w+)", out))
+    assert stale_recipes <= {"random_walk", "random_walk_saliency"} and "infer_" not in out, stale_recipes
     assert "train_segmentation" in out and all(f"labels={run}" in out for run in runs)
     assert "predict_segmentation" in out and "overlays" in out and "summary" in out
     run_snakemake(tmp_path, "--cores", "2", "--touch", *TINY, repo=repo)  # accept the edits without rerunning
