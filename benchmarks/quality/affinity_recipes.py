@@ -37,6 +37,7 @@ from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset
 from wsss_core.devices import select_device
 from wsss_core.label_maps import evaluate_label_dir
 from wsss_core.models.affinitynet import load_affinitynet
+from wsss_core.plan import Plan
 from wsss_core.pseudo.labels import make_pseudo_labels
 from wsss_core.pseudo.saliency_labels import make_saliency_pseudo_labels
 from wsss_core.refine.affinity_labels import make_affinity_labels
@@ -92,7 +93,7 @@ def label_rows(store: Path, best: float, config: dict, args, ds, ids, out: Path,
     thr = best if threshold == "best" else float(threshold)
     crf = config["crf"] if pseudo["crf"] else None
     sal_crf = config["crf"] if recipe["crf"] else None
-    sal_settings = {k: v for k, v in recipe.items() if k != "crf"}
+    sal_settings = Plan(config).saliency_recipe_settings("saliency")  # rule make_saliency_pseudo_labels' params
     return {
         "confident": scored(
             out / "confident",
