@@ -1,6 +1,7 @@
 # Pseudo-label stage: CAMs -> label maps with 255 where unsure, by the recipes of config pseudo_labels.
 # {recipe}: confident | saliency | random_walk | random_walk_saliency | saliency_only; random_walk is
-# the confident rule applied to the CAMs walked by rule random_walk (affinity.smk).
+# the confident rule applied to the CAMs walked by rule random_walk (affinity.smk); random_walk_saliency is
+# the saliency recipe with the walked maps multiplied into the CAMs' class scores.
 
 PSEUDO_DIR = RESULTS / "pseudo_labels" / MAIN_CAMS
 
@@ -46,11 +47,14 @@ rule make_pseudo_labels:
 
 
 rule make_saliency_pseudo_labels:
-    """The MCIS recipe: classes from the (random-walk-refined) CAMs, background from the saliency maps; or
+    """The MCIS recipe: classes from the CAMs (times their random walk: random_walk_saliency), background from the
+    saliency maps; or
     saliency_only, the yardstick without CAMs: salient pixels take the image's label if it has one.
     """
     input:
         cams=lambda w: recipe_cams(w.recipe),
+        # random_walk_saliency: the walk of these CAMs, multiplied into their class scores
+        walked=lambda w: cam_store(PLAN.recipe_walked(w.recipe)) if PLAN.recipe_walked(w.recipe) else [],
         saliency=SALIENCY_H5,
         root=dataset_root(),
         dataset=dataset_parts("train_labels", "train_images"),

@@ -51,7 +51,9 @@ def test_the_tiny_config_plans_every_store_recipe_and_network():
     assert plan.main_run == "coattention_multiround+confident"
     assert [plan.run_recipe(r) for r in plan.seg_runs] == ["confident", "saliency_only", None]
     assert plan.recipe_cams("saliency") == "coattention_multiround"
-    assert plan.recipe_cams("random_walk_saliency") == "coattention_multiround_random_walk"
+    assert plan.recipe_cams("random_walk_saliency") == "coattention_multiround"
+    assert plan.recipe_walked("random_walk_saliency") == "coattention_multiround_random_walk"
+    assert plan.recipe_walked("saliency") is None and plan.recipe_walked("random_walk") is None
     assert plan.recipe_cams("random_walk") == "coattention_multiround_random_walk"
     assert plan.recipe_cams("saliency_only") is None
 

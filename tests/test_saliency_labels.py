@@ -127,6 +127,21 @@ def test_saliency_extent_labels_every_salient_pixel_by_its_best_class():
             label([[a]], [3], [sal], **{setting: value})
 
 
+def test_walked_maps_trim_the_class_scores():
+    # Pixel 1: both CAMs above the cut (a conflict); the walk of class 5 does not reach it, so class 3 keeps it.
+    # Pixel 2: class 3's CAM is strong but its walk fades, 0.9 * 0.25 -> 0.225, under the cut: void, as a
+    # salient pixel no class reaches.
+    cams = [[[1.0, 0.9, 0.9]], [[0.0, 0.8, 0.0]]]
+    walked = np.asarray([[[1.0, 1.0, 0.25]], [[1.0, 0.0, 0.0]]])
+    sal = [[0.875, 0.875, 0.875]]
+    assert label(cams, [3, 5], sal).tolist() == [[3, V, 3]]
+    assert label(cams, [3, 5], sal, walked=walked).tolist() == [[3, 3, V]]
+    # The product is max-normalised again: a walk that is uniform leaves the labels as they are.
+    assert label(cams, [3, 5], sal, walked=np.full((2, 1, 3), 0.5)).tolist() == [[3, V, 3]]
+    with pytest.raises(ValueError, match=r"walked maps \(1, 1, 3\) but CAMs \(2, 1, 3\)"):
+        label(cams, [3, 5], sal, walked=walked[:1])
+
+
 def saliency_from_masks(path, dataset, ids, resize=None):
     """Saliency-like maps from the GT masks: blurred object masks, in [0, 1]."""
     with SaliencyWriter(path, source="test") as writer:
@@ -160,6 +175,31 @@ def test_dataset_loop(tiny_demo, tmp_path):
             np.testing.assert_array_equal(got, saliency_pseudo_label(image, maps, class_ids, sal_reader.read(image_id)))
             seen |= set(np.unique(got).tolist())
     assert {0, V} < seen and len(seen) > 3
+
+
+def test_dataset_loop_with_walked_maps(tiny_demo, tmp_path):
+    dataset = VOCDataset(tiny_demo)
+    ids = dataset.ids("val")
+    cams = write_store(tmp_path / "cams.h5", dataset, ids)
+    walked = write_store(tmp_path / "walked.h5", dataset, ids, seed=1)
+    sal = saliency_from_masks(tmp_path / "sal.h5", dataset, ids)
+    record = make_saliency_pseudo_labels(cams, sal, dataset.root, "val", tmp_path / "out", walked_h5=walked, workers=2)
+    assert record["images"] == len(ids) and record["walked"] is True
+    differs = 0
+    with CAMReader(cams) as cam_reader, CAMReader(walked) as walked_reader, SaliencyReader(sal) as sal_reader:
+        for image_id in ids:
+            with Image.open(tmp_path / "out" / f"{image_id}.png") as png:
+                got = np.asarray(png)
+            maps, class_ids = cam_reader.read(image_id)
+            image, saliency = dataset.load_image(image_id), sal_reader.read(image_id)
+            want = saliency_pseudo_label(image, maps, class_ids, saliency, walked=walked_reader.read(image_id)[0])
+            np.testing.assert_array_equal(got, want)
+            differs += not np.array_equal(got, saliency_pseudo_label(image, maps, class_ids, saliency))
+    assert differs > 0  # the walked maps changed some images' labels
+    short = write_store(tmp_path / "short.h5", dataset, ids, skip=ids[-1:])
+    with pytest.raises(ValueError, match=rf"short.h5.*'{ids[-1]}'"):
+        make_saliency_pseudo_labels(cams, sal, dataset.root, "val", tmp_path / "bad", walked_h5=short)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_dataset_checks_name_the_saliency_file(tiny_demo, tmp_path):

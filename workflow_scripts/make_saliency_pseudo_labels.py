@@ -23,6 +23,7 @@ with logged(snakemake.log[0]):
             snakemake.output[0],
             **p.recipe,
             crf=p.crf,
+            walked_h5=snakemake.input.walked or None,
             workers=snakemake.threads,
         )
     print(summary)

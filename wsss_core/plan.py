@@ -190,7 +190,11 @@ class Plan:
         """The CAM store a pseudo-label recipe takes its classes from (None for saliency_only)."""
         if recipe == "saliency_only":
             return None
-        return self.rw_cams if recipe.startswith("random_walk") else self.main_cams
+        return self.rw_cams if recipe == "random_walk" else self.main_cams
+
+    def recipe_walked(self, recipe: str) -> str | None:
+        """The walked store random_walk_saliency multiplies into the CAMs' class scores (None for the others)."""
+        return self.rw_cams if recipe == "random_walk_saliency" else None
 
     def saliency_recipe_settings(self, recipe: str) -> dict:
         """The keys of pseudo_labels.saliency_recipe a saliency recipe uses (saliency_only: the saliency cut only)."""

@@ -87,8 +87,12 @@ def scored(folder: Path, root: Path, split: str, make) -> tuple[float, float]:
     return float(row["mIoU"]), float(row["coverage"])
 
 
-def label_rows(store: Path, best: float, config: dict, args, ds, ids, out: Path, threshold) -> dict:
-    """random_walk-style (confident rule) and saliency-recipe labels of a CAM store, scored."""
+def label_rows(
+    store: Path, best: float, config: dict, args, ds, ids, out: Path, threshold, walked: Path | None = None
+) -> dict:
+    """Confident-rule and saliency-recipe labels of a CAM store, scored; with ``walked`` (the walk of
+    ``args.cams``), those of rules make_pseudo_labels (random_walk) and make_saliency_pseudo_labels
+    (random_walk_saliency: the walk multiplied into the CAMs)."""
     pseudo, recipe = config["pseudo_labels"], config["pseudo_labels"]["saliency_recipe"]
     thr = best if threshold == "best" else float(threshold)
     crf = config["crf"] if pseudo["crf"] else None
@@ -116,7 +120,15 @@ def label_rows(store: Path, best: float, config: dict, args, ds, ids, out: Path,
             args.root,
             args.split,
             lambda f: make_saliency_pseudo_labels(
-                store, args.saliency, args.root, args.split, f, **sal_settings, crf=sal_crf, workers=args.workers
+                store if walked is None else args.cams,
+                args.saliency,
+                args.root,
+                args.split,
+                f,
+                **sal_settings,
+                crf=sal_crf,
+                walked_h5=walked,
+                workers=args.workers,
             ),
         ),
     }
@@ -170,7 +182,7 @@ def run_candidate(name: str, aff: dict, config: dict, args, ds: VOCDataset, ids,
             threads=1,
         )
     row["walked"] = best_cams(walked, ds, ids, config, args.workers)
-    row.update(label_rows(walked, row["walked"][1], config, args, ds, ids, out, aff["threshold"]))
+    row.update(label_rows(walked, row["walked"][1], config, args, ds, ids, out, aff["threshold"], walked=walked))
     row["seconds"] = time.perf_counter() - start
     return row
 

@@ -5,12 +5,12 @@
 
 Reads the CAM store ``<results>/cams/<cams>``, the walked store ``<cams>_random_walk`` and the saliency
 store a workflow run left (one with ``random_walk_saliency`` among the recipes) and scores against the GT
-masks (void skipped) the labels of :func:`saliency_pseudo_label` with config's ``saliency_recipe`` (the
-rows ``saliency`` and ``random_walk_saliency`` of summary.csv), then the walked maps with other
-``cam_threshold`` values (their own best threshold included, when their evaluation left one: a walked
-map is flatter than a CAM, so MCIS's 0.3 reaches further), and class scores fused from both stores
-(product of the max-normalised maps). The random walk earns a place in the saliency recipe only if a
-walked row beats the CAM row at no lower coverage.
+masks (void skipped) the labels of :func:`saliency_pseudo_label` with config's ``saliency_recipe`` on the
+CAMs (the ``saliency`` row of summary.csv), on the walked maps alone, also with other ``cam_threshold``
+values (their own best threshold included, when their evaluation left one: a walked map is flatter than a
+CAM, so MCIS's 0.3 reaches further), and with the walked maps multiplied into the CAMs' class scores (the
+``random_walk_saliency`` recipe). The random walk earns a place in the saliency recipe only if a walked row
+beats the CAM row at no lower coverage.
 """
 
 from __future__ import annotations
@@ -31,27 +31,22 @@ from wsss_core.pseudo.saliency_store import SaliencyReader
 REPO = Path(__file__).resolve().parents[2]
 
 
-def normalised(maps: np.ndarray) -> np.ndarray:
-    """Each class map divided by its own peak (0 where the map is 0 everywhere)."""
-    if not len(maps):
-        return maps
-    peaks = maps.reshape(len(maps), -1).max(1).reshape(-1, 1, 1)
-    return np.where(peaks > 0, maps / np.maximum(peaks, 1e-12), 0.0)
-
-
 def rows_for(recipe: dict, walked_best: float | None, thresholds: list[float]) -> dict:
-    """Row name -> (score maps from (cams, walked), recipe settings)."""
-    cams_only, walked_only = (lambda c, w: c), (lambda c, w: w)
+    """Row name -> (the maps given as CAMs: "cams" | "walked", recipe settings, multiply the walked maps in?)."""
     rows = {
-        "saliency (CAMs, as configured)": (cams_only, recipe),
-        "random_walk_saliency (walked, as configured)": (walked_only, recipe),
+        "saliency (the CAMs)": ("cams", recipe, False),
+        "the walked maps alone": ("walked", recipe, False),
     }
     if recipe["extent"] == "cams":
         extra = list(thresholds) + ([walked_best] if walked_best is not None else [])
         for t in extra:
             best = " (walked store's best)" if t == walked_best else ""
-            rows[f"walked, cam_threshold {t:.2f}{best}"] = (walked_only, recipe | {"cam_threshold": float(t)})
-    rows["CAMs x walked (class scores)"] = (lambda c, w: normalised(c) * normalised(w), recipe)
+            rows[f"the walked maps alone, cam_threshold {t:.2f}{best}"] = (
+                "walked",
+                recipe | {"cam_threshold": float(t)},
+                False,
+            )
+    rows["random_walk_saliency (CAMs x walked maps)"] = ("cams", recipe, True)
     return rows
 
 
@@ -87,9 +82,10 @@ def main() -> None:
                 )
             image, gt, sal = dataset.load_image(image_id), dataset.load_mask(image_id), saliency.read(image_id)
             valid += int((gt != IGNORE_INDEX).sum())
-            cams, walked_maps = np.asarray(cams, np.float64), np.asarray(walked_maps, np.float64)
-            for name, (scores, settings) in rows.items():
-                out = saliency_pseudo_label(image, scores(cams, walked_maps), class_ids, sal, **settings)
+            maps = {"cams": cams, "walked": walked_maps}
+            for name, (given, settings, multiply) in rows.items():
+                walk = walked_maps if multiply else None
+                out = saliency_pseudo_label(image, maps[given], class_ids, sal, **settings, walked=walk)
                 keep = out != IGNORE_INDEX
                 conf[name] += confusion_matrix(gt[keep], out[keep], n)
     print(f"{split} of {dataset.root}, extent {recipe['extent']}: mIoU over labelled pixels / coverage (%)")

@@ -108,18 +108,26 @@ def check_map_size(store: Path, image_id: str, what: str, shape: tuple, dataset:
 
 
 def _label_images(
-    cam_h5: str | None, root: str, ids: list[str], out_dir: str, *, label_fn, saliency_h5: str | None
+    cam_h5: str | None,
+    root: str,
+    ids: list[str],
+    out_dir: str,
+    *,
+    label_fn,
+    saliency_h5: str | None,
+    walked_h5: str | None = None,
 ) -> list:
     """Write the pseudo labels of ``ids``; returns [images, all-void images].
 
     Opens its own readers (HDF5 handles must not cross forks). ``label_fn(image, cams,
-    class_ids[, saliency=...])`` is the recipe, with its settings bound. Without a CAM store
+    class_ids[, saliency=...][, walked=...])`` is the recipe, with its settings bound. Without a CAM store
     (``cam_h5`` None) the class ids are the image's labels and ``cams`` has no maps: (0, H, W).
     """
     dataset, palette = VOCDataset(root), voc_palette()
     with contextlib.ExitStack() as stack:
         reader = stack.enter_context(CAMReader(cam_h5)) if cam_h5 is not None else None
         saliency = stack.enter_context(SaliencyReader(saliency_h5)) if saliency_h5 is not None else None
+        walked = stack.enter_context(CAMReader(walked_h5)) if walked_h5 is not None else None
         void = 0
         for image_id in ids:
             image = dataset.load_image(image_id)
@@ -132,6 +140,14 @@ def _label_images(
             if saliency is not None:
                 inputs["saliency"] = saliency.read(image_id)
                 check_map_size(saliency.path, image_id, "the saliency map is", inputs["saliency"].shape, dataset, image)
+            if walked is not None:
+                inputs["walked"], walked_ids = walked.read(image_id)
+                if list(walked_ids) != list(class_ids):
+                    raise ValueError(
+                        f"{walked.path}: image '{image_id}': classes {list(walked_ids)}, but {list(class_ids)} "
+                        f"in {reader.path}; the walked maps must come from these CAMs"
+                    )
+                check_map_size(walked.path, image_id, "walked maps are", inputs["walked"].shape[1:], dataset, image)
             labels = label_fn(image, cams, class_ids, **inputs)
             void += bool((labels == IGNORE_INDEX).all())
             save_label_png(Path(out_dir) / f"{image_id}.png", labels, palette)
@@ -147,11 +163,12 @@ def write_label_folder(
     label_fn: Callable[..., np.ndarray],
     workers: int,
     saliency_h5: str | os.PathLike | None = None,
+    walked_h5: str | os.PathLike | None = None,
 ) -> dict:
     """The dataset loop every recipe shares: ``<out_dir>/<id>.png`` (VOC palette) for each image of ``split``.
 
-    Checks first that the CAM store (if given: a recipe without CAMs passes None) and the saliency
-    store (if given) cover the split, naming the file. ``label_fn`` must pickle (a module-level function or a
+    Checks first that the CAM store (if given: a recipe without CAMs passes None), the saliency
+    store and the store of walked maps (each if given) cover the split, naming the file. ``label_fn`` must pickle (a module-level function or a
     partial of one) for ``workers > 1``, which spreads the images over forked processes (fork, not spawn:
     Snakemake scripts have no ``__main__`` guard); the output does not depend on ``workers``.
     ``out_dir`` is replaced as a whole, atomically: a crash leaves the old folder or none.
@@ -169,6 +186,12 @@ def write_label_folder(
         saliency_h5 = Path(saliency_h5)
         with SaliencyReader(saliency_h5) as reader:
             reader.check_covers(ids)
+    if walked_h5 is not None:
+        if cam_h5 is None:
+            raise ValueError(f"{walked_h5}: walked maps are read beside a CAM store, and none was given")
+        walked_h5 = Path(walked_h5)
+        with CAMReader(walked_h5) as reader:
+            check_store_covers(reader, dataset.classes, ids)
     with atomic_dir(out_dir) as tmp:
         task = partial(
             _label_images,
@@ -177,6 +200,7 @@ def write_label_folder(
             out_dir=str(tmp),
             label_fn=label_fn,
             saliency_h5=None if saliency_h5 is None else str(saliency_h5),
+            walked_h5=None if walked_h5 is None else str(walked_h5),
         )
         if workers > 1 and len(ids) > 1:
             counts = np.sum(fork_map_chunks(task, ids, workers), axis=0)

@@ -21,6 +21,11 @@ Per image, with the image's K classes:
    255: its CAMs found (almost) nothing of objects the image is known to contain, so its
    background is not trustworthy either.
 
+With ``walked`` maps (the random walk of these CAMs: the random_walk_saliency recipe), the class scores
+of rule 2 are the product of each class's max-normalised CAM and max-normalised walked map, max-normalised
+again: a walked map alone is flatter than a CAM and reaches across touching objects of other classes
+(overlaps that rule 5 voids), so the walk confirms or trims the CAM's extent instead of replacing it.
+
 An image without labels is all background (0), as in the CAM-only recipe: it contains no
 object of any class, so salient regions there are background by definition.
 
@@ -88,12 +93,14 @@ def saliency_pseudo_label(
     extent: str = DEFAULTS["extent"],
     class_margin: float = DEFAULTS["class_margin"],
     crf: dict | None = None,
+    walked: np.ndarray | None = None,
 ) -> np.ndarray:
     """(H, W) uint8 pseudo label by the rules of the module docstring: class ids, 0, or 255 = void.
 
     ``cams`` (K, H, W) >= 0 for the K ``class_ids``; ``saliency`` (H, W) in [0, 1];
     ``image`` (H, W, 3) uint8, used by the CRF only; ``crf``: CRF params or None;
-    ``extent``: "cams" (the MCIS rules) or "saliency" (salient pixels take their best class).
+    ``extent``: "cams" (the MCIS rules) or "saliency" (salient pixels take their best class);
+    ``walked``: (K, H, W) random-walk maps of the same classes, multiplied into the class scores, or None.
     """
     _check_settings(cam_threshold, sal_threshold, min_fg_share, extent, class_margin)
     cams, saliency = np.asarray(cams, np.float64), np.asarray(saliency, np.float64)  # cuts compare in float64
@@ -108,8 +115,12 @@ def saliency_pseudo_label(
         raise ValueError("saliency pseudo labels: saliency values must be finite and in [0, 1]")
     if not class_ids:
         return np.zeros(size, np.uint8)
-    peaks = cams.reshape(len(class_ids), -1).max(1).reshape(-1, 1, 1)
-    scores = np.where(peaks > 0, cams / np.maximum(peaks, 1e-12), 0.0)
+    scores = _max_normalised(cams)
+    if walked is not None:
+        walked = np.asarray(walked, np.float64)
+        if walked.shape != cams.shape:
+            raise ValueError(f"saliency pseudo labels: walked maps {walked.shape} but CAMs {cams.shape}")
+        scores = _max_normalised(scores * _max_normalised(walked))
     if extent == "saliency":
         return _salient_extent_label(
             image, scores, class_ids, saliency > sal_threshold, class_margin, min_fg_share, crf
@@ -124,6 +135,12 @@ def saliency_pseudo_label(
     if np.isin(labels, class_ids).mean() < min_fg_share:
         labels[:] = IGNORE_INDEX
     return labels
+
+
+def _max_normalised(maps: np.ndarray) -> np.ndarray:
+    """Each (H, W) map of a (K, H, W) stack divided by its own peak; 0 where the map is 0 everywhere."""
+    peaks = maps.reshape(len(maps), -1).max(1).reshape(-1, 1, 1)
+    return np.where(peaks > 0, maps / np.maximum(peaks, 1e-12), 0.0)
 
 
 def _salient_extent_label(
@@ -207,12 +224,14 @@ def make_saliency_pseudo_labels(
     extent: str = DEFAULTS["extent"],
     class_margin: float = DEFAULTS["class_margin"],
     crf: dict | None = None,
+    walked_h5: str | os.PathLike | None = None,
     workers: int = 1,
 ) -> dict:
     """Write ``<out_dir>/<id>.png`` (VOC palette, 255 = void) for every image of ``split``.
 
-    Reads the CAM store and the saliency store (:func:`wsss_core.pseudo.saliency.make_saliency`);
-    both must cover the split, at image resolution (errors name the file). Atomic and
+    Reads the CAM store and the saliency store (:func:`wsss_core.pseudo.saliency.make_saliency`), and the
+    random walk of those CAMs if ``walked_h5`` is given (random_walk_saliency); each must cover the split,
+    at image resolution (errors name the file). Atomic and
     parallel like :func:`wsss_core.pseudo.labels.make_pseudo_labels`. Returns
     ``{"images", "all_void_images", <the settings>, "crf", "seconds"}``;
     ``all_void_images`` counts the images voided whole (rule 7), a sign of failing CAMs when high.
@@ -235,9 +254,11 @@ def make_saliency_pseudo_labels(
         label_fn=partial(saliency_pseudo_label, **settings),
         workers=workers,
         saliency_h5=saliency_h5,
+        walked_h5=walked_h5,
     )
     return {
         **done,
+        "walked": walked_h5 is not None,
         "cam_threshold": float(cam_threshold),
         "sal_threshold": float(sal_threshold),
         "min_fg_share": float(min_fg_share),
