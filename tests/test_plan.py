@@ -62,14 +62,18 @@ def test_default_config_plans_no_multiround_or_walk_stores_it_does_not_need():
     cfg = validated(
         {
             "classifier": {"method": "cam", "compare": []},
-            "pseudo_labels": {"compare": []},
+            "pseudo_labels": {"recipe": "saliency", "compare": []},
             "segmentation": {"compare": []},
             "evaluation": {"fully_supervised": False},
         }
     )
     plan = Plan(cfg)
-    assert plan.cam_stores == ["cam"] and plan.main_cams == "cam" and plan.seg_runs == [f"cam+{plan.recipe}"]
-    assert not any(s.endswith("random_walk") for s in plan.cam_stores) or plan.recipe.startswith("random_walk")
+    assert plan.cam_stores == ["cam"] and plan.main_cams == "cam" and plan.seg_runs == ["cam+saliency"]
+    # the walked store only where a recipe walks (config.yaml's demo recipe does)
+    cfg["pseudo_labels"]["recipe"] = "random_walk_saliency"
+    plan = Plan(cfg)
+    assert plan.cam_stores == ["cam", "cam_random_walk"] and plan.seg_runs == ["cam+random_walk_saliency"]
+    assert plan.recipe_walked(plan.recipe) == "cam_random_walk" and plan.recipe_cams(plan.recipe) == "cam"
 
 
 def test_co_attention_labels_come_from_the_store_label_source_names_and_the_multi_round_store_is_still_made():
