@@ -27,31 +27,24 @@ from wsss_core.config_checks import load_config
 from wsss_core.data.voc_layout import IGNORE_INDEX, VOCDataset
 from wsss_core.metrics import confusion_matrix, miou
 from wsss_core.plan import Plan
-from wsss_core.pseudo.saliency_labels import saliency_pseudo_label
+from wsss_core.pseudo.saliency_labels import max_normalised, saliency_pseudo_label
 from wsss_core.pseudo.saliency_store import SaliencyReader
 
 REPO = Path(__file__).resolve().parents[2]
 ORACLE = "oracle (GT class of each salient object pixel)"
 
 
-def unit_peaks(maps: np.ndarray) -> np.ndarray:
-    """Each (H, W) map of a (K, H, W) stack divided by its own peak (as the recipe scores CAMs)."""
-    maps = np.asarray(maps, np.float64)
-    peaks = maps.reshape(len(maps), -1).max(1).reshape(-1, 1, 1)
-    return np.where(peaks > 0, maps / np.maximum(peaks, 1e-12), 0.0)
-
-
 def row_maps(maps: dict, stores: list[str], products: list[tuple[str, str]]) -> dict:
     """Row name -> the (K, H, W) class scores the recipe is given."""
     rows = {s: maps[s] for s in stores}
     for a, b in products:
-        rows[f"{a} x {b}"] = unit_peaks(maps[a]) * unit_peaks(maps[b])
+        rows[f"{a} x {b}"] = max_normalised(maps[a]) * max_normalised(maps[b])
     return rows
 
 
 def oracle_maps(gt: np.ndarray, class_ids, tie_break: np.ndarray) -> np.ndarray:
     """Scores that make every pixel of a labelled class choose it; elsewhere ``tie_break`` (a store's maps) decides."""
-    return np.stack([(gt == c) + 1e-3 * unit_peaks(tie_break)[i] for i, c in enumerate(class_ids)])
+    return np.stack([(gt == c) + 1e-3 * max_normalised(tie_break)[i] for i, c in enumerate(class_ids)])
 
 
 def main() -> None:
@@ -110,7 +103,7 @@ def main() -> None:
                 whole[name] += cm
                 if is_multi:
                     multi[name] += cm
-                    best = np.asarray(class_ids)[unit_peaks(scores).argmax(0)]
+                    best = np.asarray(class_ids)[max_normalised(scores).argmax(0)]
                     right[name] += int((best[objects] == gt[objects]).sum())
     print(f"{split} of {dataset.root}, extent {recipe['extent']}: {photos} multi-label photos")
     print(f"{'maps':48s} {'right class':>11s} {'multi: mIoU / cov':>18s} {'all: mIoU / cov':>16s}")

@@ -115,12 +115,12 @@ def saliency_pseudo_label(
         raise ValueError("saliency pseudo labels: saliency values must be finite and in [0, 1]")
     if not class_ids:
         return np.zeros(size, np.uint8)
-    scores = _max_normalised(cams)
+    scores = max_normalised(cams)
     if walked is not None:
         walked = np.asarray(walked, np.float64)
         if walked.shape != cams.shape:
             raise ValueError(f"saliency pseudo labels: walked maps {walked.shape} but CAMs {cams.shape}")
-        scores = _max_normalised(scores * _max_normalised(walked))
+        scores = max_normalised(scores * max_normalised(walked))
     if extent == "saliency":
         return _salient_extent_label(
             image, scores, class_ids, saliency > sal_threshold, class_margin, min_fg_share, crf
@@ -137,8 +137,10 @@ def saliency_pseudo_label(
     return labels
 
 
-def _max_normalised(maps: np.ndarray) -> np.ndarray:
-    """Each (H, W) map of a (K, H, W) stack divided by its own peak; 0 where the map is 0 everywhere."""
+def max_normalised(maps: np.ndarray) -> np.ndarray:
+    """Each (H, W) map of a (K, H, W) stack divided by its own peak, in float64; 0 where the map is 0 everywhere.
+    The saliency recipe's class scores (benchmarks score other maps the same way)."""
+    maps = np.asarray(maps, np.float64)
     peaks = maps.reshape(len(maps), -1).max(1).reshape(-1, 1, 1)
     return np.where(peaks > 0, maps / np.maximum(peaks, 1e-12), 0.0)
 
