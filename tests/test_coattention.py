@@ -393,6 +393,8 @@ def test_warm_start_copies_the_baselines_backbone_and_rejects_other_networks(tmp
             assert torch.equal(co.backbone.state_dict()[key], value), key
         # the class conv comes along only where it reads the same features
         assert torch.equal(co.classifier.weight, base.classifier.weight) == (convs == 0)
+        # ... into the co-attention class conv too, which makes the co-attention and multi-round maps
+        assert torch.equal(co.co_classifier.weight, base.classifier.weight) == (convs == 0)
     with pytest.raises(ValueError, match=r"warm_start: .*cam.pt \(conv, output stride 4\) does not fit"):
         warm_start(CoAttentionNet(ConvBackbone(channels=8), 5), path)
     torch.save({"state_dict": base.state_dict(), "meta": {**meta, "arch": {**meta["arch"], "method": "x"}}}, path)

@@ -126,8 +126,10 @@ def training_images(ds: VOCDataset, split: str, cfg: dict, erase_cams, mean) -> 
 
 
 def warm_start(model: CAMNet, init_model) -> str:
-    """Copy a trained plain-CAM classifier's backbone into ``model`` (and its class conv, where the shapes
-    match: a co-attention classifier without head convs); returns the file's sha256."""
+    """Copy a trained plain-CAM classifier's backbone into ``model`` and, where the shapes match (a co-attention
+    classifier without head convs), its class conv into both of the model's: ``classifier`` (single-image CAMs)
+    and ``co_classifier`` (co-attention and contrastive maps, so every multi-round CAM), which would otherwise
+    start at random. Returns the file's sha256."""
     payload = torch.load(init_model, map_location="cpu", weights_only=True)
     theirs = payload["meta"]["arch"]
     if theirs["method"] != "cam":
@@ -143,6 +145,9 @@ def warm_start(model: CAMNet, init_model) -> str:
         ) from None
     if state["classifier.weight"].shape == model.classifier.weight.shape:
         model.classifier.weight.data.copy_(state["classifier.weight"])
+        co_classifier = getattr(model, "co_classifier", None)
+        if co_classifier is not None and co_classifier.weight.shape == state["classifier.weight"].shape:
+            co_classifier.weight.data.copy_(state["classifier.weight"])
     return file_sha256(init_model)
 
 
