@@ -45,7 +45,7 @@ OVERFIT = dict(
     scale_range=(1.0, 1.0),
     flip=False,
     color_jitter=0.0,
-    epochs=150,
+    epochs=200,
     batch_size=8,
     optimizer="adamw",
     lr=0.0003,
@@ -365,7 +365,7 @@ def test_amp_training_and_walk_on_cuda(setup, tmp_path):
 def test_affinitynet_learns_to_tell_the_pairs_of_sixteen_photos_apart(tmp_path, monkeypatch):
     """Sanity check of the network, the loss and the optimizer: trained on the ground-truth masks of 16 real
     photos (fixed inputs: no rescale, flip or jitter), it separates their pairs: same-label pairs' mean
-    affinity above 0.85, different-label pairs' below 0.15 (the figures move by about 0.01 across CPUs)."""
+    affinity above 0.9, different-label pairs' below 0.1."""
     photos = resized_subset(
         shared_dataset("voc_coseg"), tmp_path / "photos", split="train", count=16, long_side=OVERFIT["crop_size"]
     )
@@ -377,4 +377,4 @@ def test_affinitynet_learns_to_tell_the_pairs_of_sixteen_photos_apart(tmp_path, 
     model, meta = load_affinitynet(tmp_path / "m.pt")
     means = pair_separation(model, meta["radius"], photos, photos.ids("train"), "cpu")
     assert all(count > 100 for count in means["counts"])
-    assert means["bg_pos"] > 0.85 and means["fg_pos"] > 0.85 and means["neg"] < 0.15, means
+    assert means["bg_pos"] > 0.9 and means["fg_pos"] > 0.9 and means["neg"] < 0.1, means
