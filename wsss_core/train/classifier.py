@@ -143,11 +143,9 @@ def warm_start(model: CAMNet, init_model) -> str:
             f"classifier.coattention.warm_start: {init_model} ({theirs['backbone']}, output stride "
             f"{theirs['output_stride']}) does not fit this classifier's backbone: {str(error).splitlines()[0]}"
         ) from None
-    if state["classifier.weight"].shape == model.classifier.weight.shape:
-        model.classifier.weight.data.copy_(state["classifier.weight"])
-        co_classifier = getattr(model, "co_classifier", None)
-        if co_classifier is not None and co_classifier.weight.shape == state["classifier.weight"].shape:
-            co_classifier.weight.data.copy_(state["classifier.weight"])
+    if state["classifier.weight"].shape == model.classifier.weight.shape:  # both class convs read the same features
+        for conv in filter(None, (model.classifier, getattr(model, "co_classifier", None))):
+            conv.weight.data.copy_(state["classifier.weight"])
     return file_sha256(init_model)
 
 
