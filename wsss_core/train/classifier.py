@@ -144,8 +144,9 @@ def warm_start(model: CAMNet, init_model) -> str:
             f"{theirs['output_stride']}) does not fit this classifier's backbone: {str(error).splitlines()[0]}"
         ) from None
     if state["classifier.weight"].shape == model.classifier.weight.shape:  # both class convs read the same features
-        for conv in filter(None, (model.classifier, getattr(model, "co_classifier", None))):
-            conv.weight.data.copy_(state["classifier.weight"])
+        for conv in (model.classifier, getattr(model, "co_classifier", None)):
+            if conv is not None:  # (not filter(None, ...): a module's truth value is its len() where it has one)
+                conv.weight.data.copy_(state["classifier.weight"])
     return file_sha256(init_model)
 
 
