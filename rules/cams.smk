@@ -71,7 +71,7 @@ rule merge_erasing_rounds:
     """Adversarial erasing: the rounds' CAMs merged (per class and pixel the maximum: the union of the
     regions each round mined, at every threshold)."""
     input:
-        rounds=lambda wildcards: round_stores(wildcards.variant, ROUNDS),
+        stores=lambda wildcards: round_stores(wildcards.variant, ROUNDS),
         root=dataset_root(),
         dataset=dataset_parts("train_labels"),
         code=code("cams/merge.py"),
@@ -91,6 +91,36 @@ rule merge_erasing_rounds:
         runtime=60,
     params:
         split=CAM_SPLIT,
+        how="max",
+    script:
+        "../workflow_scripts/merge_cam_stores.py"
+
+
+rule combine_with_baseline:
+    """cams.label_source with_baseline: the geometric mean of the co-attention CAMs and the plain baseline's (per
+    class and pixel), the CAMs that make the pseudo labels: a class scores high only where both classifiers agree."""
+    input:
+        stores=lambda wildcards: [cam_store(s) for s in PLAN.combined[wildcards.combined]],
+        root=dataset_root(),
+        dataset=dataset_parts("train_labels"),
+        code=code("cams/merge.py"),
+    output:
+        CAM_DIR / "{combined}" / f"{CAM_SPLIT}.h5",
+    log:
+        LOGS / "cams" / "combine_{combined}.log",
+    benchmark:
+        BENCH / "cams" / "combine_{combined}.tsv"
+    wildcard_constraints:
+        combined=one_of(PLAN.combined),
+    conda:
+        "../envs/wsss.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        split=CAM_SPLIT,
+        how="geometric_mean",
     script:
         "../workflow_scripts/merge_cam_stores.py"
 

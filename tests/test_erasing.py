@@ -91,6 +91,30 @@ def test_merged_rounds_are_the_pixelwise_maximum(tmp_path, stores):
             np.testing.assert_array_equal(m, np.maximum(ra.read(image_id)[0], rc.read(image_id)[0]))
 
 
+def test_geometric_mean_keeps_a_class_where_both_stores_agree_scaled_to_a_peak_of_one(tmp_path, stores):
+    ds, ids, a, b, _ = stores
+    out = tmp_path / "combined.h5"
+    assert merge_cam_stores([a, b], ds.root, "train", out, how="geometric_mean")["stores"] == 2
+    with CAMReader(out) as combined, CAMReader(a) as ra, CAMReader(b) as rb:
+        assert combined.attrs["merged_by"] == "geometric_mean"
+        for image_id in ids:
+            m, labels = combined.read(image_id)
+            (ma, la), (mb, _) = ra.read(image_id), rb.read(image_id)
+            assert labels == la
+            mean = np.sqrt(ma.astype(np.float64) * mb)
+            peaks = mean.max(axis=(1, 2), keepdims=True)
+            expected = np.where(peaks > 0, mean / np.maximum(peaks, 1e-12), 0.0)
+            np.testing.assert_allclose(m, expected, atol=2e-3)
+            if labels:  # a's 0.9 top left x b's 0.1 is the peak; b's 0.5 bottom right x a's 0.1 scores below it
+                h, w = m.shape[1:]
+                peak = np.sqrt(0.9 * 0.1)
+                np.testing.assert_allclose(m[(0, *top_left(h, w))], 1.0, atol=2e-3)
+                np.testing.assert_allclose(m[(0, *bottom_right(h, w))], np.sqrt(0.5 * 0.1) / peak, atol=2e-3)
+                np.testing.assert_allclose(m[0, : h // 2, w // 2 :], 0.1 / peak, atol=2e-3)
+    with pytest.raises(ValueError, match="how must be one of"):
+        merge_cam_stores([a, b], ds.root, "train", tmp_path / "x.h5", how="mean")
+
+
 def test_merging_stores_of_different_images_fails_naming_the_file_and_writes_nothing(tmp_path, stores, tiny_demo):
     ds, ids, a, _, _ = stores
     odd = tmp_path / "odd.h5"

@@ -85,6 +85,26 @@ def test_co_attention_labels_come_from_the_store_label_source_names_and_the_mult
     assert plan.main_cams == "coattention_multiround"
 
 
+def test_with_baseline_labels_come_from_a_combined_store_and_the_baseline_is_trained_for_it():
+    settings = {"cams": {"label_source": "with_baseline"}, "pseudo_labels": {"recipe": "saliency", "compare": []}}
+    for compare, warm_start in (([], False), (["cam"], True)):
+        cls = {"method": "coattention", "compare": compare, "coattention": {"warm_start": warm_start}}
+        plan = Plan(validated({"classifier": cls}, settings))
+        assert plan.combined == {"coattention_x_cam": ["coattention", "cam"]}
+        assert plan.main_cams == "coattention_x_cam" and plan.main_run == f"coattention_x_cam+{plan.recipe}"
+        assert plan.trained == ["cam", "coattention"] and plan.plain_cams == ["cam"]
+        assert plan.coattentive == ["coattention"]
+        assert plan.cam_stores[:4] == ["cam", "coattention", "coattention_multiround", "coattention_x_cam"]
+        assert plan.recipe_cams("saliency") == "coattention_x_cam" and plan.rw_cams == "coattention_x_cam_random_walk"
+    # a co-attention erasing variant: its merged rounds are combined
+    cls = {"method": "coattention+erasing", "compare": []}
+    plan = Plan(validated({"classifier": cls}, settings))
+    assert plan.combined == {"coattention+erasing_x_cam": ["coattention+erasing", "cam"]}
+    # the plain method has no co-attention CAMs to combine: the option is the other label sources' no-op
+    plan = Plan(validated({"classifier": {"method": "cam", "compare": []}}, settings))
+    assert plan.combined == {} and plan.main_cams == "cam" and plan.cam_stores == ["cam"]
+
+
 def test_each_classifier_gets_only_its_own_sections():
     plan = Plan(validated(TINY))
     base = plan.classifier_config("cam")

@@ -379,6 +379,16 @@ def test_broken_folder_dataset_fails_naming_the_file(tmp_path, tiny_demo):
     assert not (tmp_path / "results" / "broken" / "data" / "dataset_summary.json").exists()
 
 
+def test_with_baseline_labels_are_made_from_the_combined_store_the_baseline_and_coattention_stores_feed(tmp_path):
+    settings = {"label_source": "with_baseline"}
+    jobs, _ = plan(run_snakemake(tmp_path, "-n", *configs(tmp_path, "tiny.yaml", cams=settings)).stdout)
+    assert ("combine_with_baseline", "combined=coattention_x_cam") in jobs
+    assert {("infer_cams", "cams=cam"), ("infer_coattentive_cams", "method=coattention")} <= set(jobs)
+    assert ("evaluate_cams", "cams=coattention_x_cam") in jobs  # scored in summary.csv beside the others
+    assert ("train_segmentation", "labels=coattention_x_cam+confident") in jobs
+    assert not [job for job in jobs if "multiround+" in job[1]]  # the multi-round store is scored, labels none
+
+
 def test_voc_coseg_config_plans_validation_of_the_real_photos(tmp_path):
     root = shared_dataset("voc_coseg")
     out = run_snakemake(tmp_path, "-n", *configs(tmp_path, "voc_coseg.yaml", dataset={"root": str(root)})).stdout

@@ -13,7 +13,8 @@ Names:
 - a **CAM store** is named after the classifier whose CAMs it holds; a co-attention classifier's
   multi-round CAMs are ``<name>_multiround``; adversarial erasing adds one classifier and CAM store
   per round after the first (``<name>_round<r>``) and the rounds' merged CAMs under the variant's
-  name; the AffinityNet walk of the main CAMs is ``<main CAMs>_random_walk``;
+  name; ``cams.label_source: with_baseline`` adds ``<co-attention store>_x_cam``, its geometric mean with the
+  plain baseline's CAMs; the AffinityNet walk of the main CAMs is ``<main CAMs>_random_walk``;
 - a **segmentation run** is ``<main CAMs>+<recipe>`` (the pseudo labels it learns from), or
   :data:`REFERENCE` for the network trained on the ground-truth masks.
 """
@@ -31,6 +32,10 @@ ADDONS = ("puzzle", "binomial", "erasing")
 ADDON_MODULES = {addon: f"train/{addon}.py" for addon in ADDONS}
 # The segmentation network trained on the ground-truth masks.
 REFERENCE = "fully_supervised"
+# The plain-CAM classifier: the co-attention warm start, and the CAMs cams.label_source with_baseline combines.
+BASELINE = "cam"
+# The name of a combined store: <co-attention store>_x_cam.
+COMBINED_SUFFIX = f"_x_{BASELINE}"
 
 
 def parse_variant(name: str, key: str = "classifier.method") -> tuple[str, tuple[str, ...]]:
@@ -114,8 +119,19 @@ class Plan:
         # the CAMs that make the pseudo labels: the main classifier's last store (an erasing variant's merged
         # rounds), for co-attention the one cams.label_source names
         self.main_cams = self.cams_of(self.main_classifier)[-1]
-        if self.multiround(self.main_classifier) and config["cams"]["label_source"] == "single":
+        label_source = config["cams"]["label_source"]
+        if self.multiround(self.main_classifier) and label_source != "multiround":
             self.main_cams = self.main_classifier
+        # with_baseline: the geometric mean of those CAMs and the plain baseline's, a store of its own (the
+        # baseline is trained, its CAMs inferred and scored, as the warm start would train it anyway)
+        self.combined = {}
+        if parse_variant(self.main_classifier)[0] == "coattention" and label_source == "with_baseline":
+            self.combined = {f"{self.main_cams}{COMBINED_SUFFIX}": [self.main_cams, BASELINE]}
+            self.main_cams = f"{self.main_cams}{COMBINED_SUFFIX}"
+            if BASELINE not in self.trained:
+                self.trained = sorted([*self.trained, BASELINE], key=_order)
+                self.plain_cams.insert(0, BASELINE)
+            self.cam_stores = _unique([BASELINE, *self.cam_stores, self.main_cams])
 
         pseudo, seg = config["pseudo_labels"], config["segmentation"]
         self.recipe = pseudo["recipe"]
@@ -169,7 +185,7 @@ class Plan:
             parse_variant(name.partition("_round")[0])[0] == "coattention"
             and self.classifier["coattention"]["warm_start"]
         ):
-            return ["cam"]
+            return [BASELINE]
         return []
 
     def classifier_config(self, name: str) -> dict:
