@@ -104,10 +104,13 @@ class Plan:
         compared = [canonical(v, f"classifier.compare[{i}]") for i, v in enumerate(cls["compare"])]
         # baseline first, as summary.csv lists them
         self.classifiers = sorted({self.main_classifier, *compared}, key=_order)
+        label_source = config["cams"]["label_source"]
+        with_baseline = parse_variant(self.main_classifier)[0] == "coattention" and label_source == "with_baseline"
         # every classifier rule train_classifier trains (erasing rounds after the first: train_erasing_round)
         self.trained = {self.round_classifiers(v)[0] if self.erasing(v) else v for v in self.classifiers}
-        # a warm-started co-attention classifier needs the plain baseline trained too
-        self.trained = sorted(self.trained | {w for v in self.trained for w in self.warm_start(v)}, key=_order)
+        # a warm-started co-attention classifier needs the plain baseline trained too, and so do with_baseline's CAMs
+        needed = {w for v in self.trained for w in self.warm_start(v)} | ({BASELINE} if with_baseline else set())
+        self.trained = sorted(self.trained | needed, key=_order)
         self.erasing_variants = [v for v in self.classifiers if self.erasing(v)]
         # classifiers whose single-round CAMs infer_coattentive_cams writes (with the multi-round ones),
         # and those whose CAMs infer_cams writes
@@ -119,18 +122,14 @@ class Plan:
         # the CAMs that make the pseudo labels: the main classifier's last store (an erasing variant's merged
         # rounds), for co-attention the one cams.label_source names
         self.main_cams = self.cams_of(self.main_classifier)[-1]
-        label_source = config["cams"]["label_source"]
         if self.multiround(self.main_classifier) and label_source != "multiround":
             self.main_cams = self.main_classifier
         # with_baseline: the geometric mean of those CAMs and the plain baseline's, a store of its own (the
-        # baseline is trained, its CAMs inferred and scored, as the warm start would train it anyway)
+        # baseline's CAMs are inferred and scored too)
         self.combined = {}
-        if parse_variant(self.main_classifier)[0] == "coattention" and label_source == "with_baseline":
+        if with_baseline:
             self.combined = {f"{self.main_cams}{COMBINED_SUFFIX}": [self.main_cams, BASELINE]}
             self.main_cams = f"{self.main_cams}{COMBINED_SUFFIX}"
-            if BASELINE not in self.trained:
-                self.trained = sorted([*self.trained, BASELINE], key=_order)
-                self.plain_cams.insert(0, BASELINE)
             self.cam_stores = _unique([BASELINE, *self.cam_stores, self.main_cams])
 
         pseudo, seg = config["pseudo_labels"], config["segmentation"]

@@ -58,7 +58,7 @@ def merge_cam_stores(paths: Sequence[str | os.PathLike], dataset_root, split: st
                 stack = [maps]
                 for reader in readers[1:]:
                     other, other_ids = reader.read(image_id)
-                    if list(other_ids) != list(class_ids) or other.shape != maps.shape:
+                    if other_ids != class_ids or other.shape != maps.shape:
                         raise CAMStoreError(
                             f"{reader.path}: image '{image_id}' has maps {other.shape} of classes "
                             f"{list(other_ids)}, {first.path} {maps.shape} of {list(class_ids)}"
